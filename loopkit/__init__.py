@@ -1,0 +1,54 @@
+"""loopkit: a minimal, event-emitting PyTorch training-loop kernel.
+
+Importing loopkit is cheap and changes nothing: the public names below are loaded on first
+access (PEP 562), so ``import loopkit`` does not even import torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import typing as t
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Fabric": "loopkit.fabric",
+    "Phase": "loopkit.fabric",
+    "Bus": "loopkit.events",
+    "HookError": "loopkit.events",
+    "HOOKS": "loopkit.hooks",
+    "Plugin": "loopkit.plugins",
+    "registry": "loopkit.plugins",
+    "Precision": "loopkit.precision",
+    "Strategy": "loopkit.strategy",
+    "SingleDeviceStrategy": "loopkit.strategy",
+    "Accelerator": "loopkit.accelerator",
+    "CheckpointError": "loopkit.checkpoint",
+    "set_debug": "loopkit._log",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if t.TYPE_CHECKING:
+    from loopkit._log import set_debug
+    from loopkit.accelerator import Accelerator
+    from loopkit.checkpoint import CheckpointError
+    from loopkit.events import Bus, HookError
+    from loopkit.fabric import Fabric, Phase
+    from loopkit.hooks import HOOKS
+    from loopkit.plugins import Plugin, registry
+    from loopkit.precision import Precision
+    from loopkit.strategy import SingleDeviceStrategy, Strategy
+
+
+def __getattr__(name: str) -> t.Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'loopkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

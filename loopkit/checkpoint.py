@@ -1,0 +1,102 @@
+"""Checkpoint files: atomic writes and safe loads.
+
+A write goes to a temporary file in the destination's folder, is flushed and fsynced, then
+renamed over the destination: a crash at any point leaves either the old file or the new one,
+never half of one. A load uses ``torch.load(weights_only=True)`` unless the caller opts out, so
+a file holding pickled code cannot run it; a truncated or corrupt file gives an error naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+import typing as t
+import zipfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["CheckpointError", "atomic_save", "safe_load"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file could not be read: missing, truncated, corrupt or unsafe."""
+
+
+def atomic_save(obj: t.Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` ``obj`` to ``path`` so that readers only ever see a complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform allows opening a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def safe_load(
+    path: str | os.PathLike[str],
+    *,
+    weights_only: bool = True,
+    map_location: t.Any = "cpu",
+) -> t.Any:
+    """Load a checkpoint written by :func:`atomic_save` or ``torch.save``.
+
+    With ``weights_only=True`` (the default) only tensors, plain containers and types
+    allow-listed with ``torch.serialization.add_safe_globals`` can be loaded; anything else is
+    refused before any of it runs, with an error saying how to opt in.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        if weights_only and "weights_only" in str(err):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds objects that are not plain tensors or "
+                f"containers, and loading them could run code. If you trust this file, load it "
+                f"with weights_only=False, or allow its types with "
+                f"torch.serialization.add_safe_globals([...]). Details: {_first_line(err)}"
+            ) from err
+        raise _corrupt(path, err) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise _corrupt(path, err) from err
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
+
+
+def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {str(path)!r} is truncated or corrupt ({path.stat().st_size} bytes) and "
+        f"cannot be loaded: {type(err).__name__}: {_first_line(err)}. Load an earlier "
+        "checkpoint; loopkit writes checkpoints atomically, so this file was not written by it "
+        "or was damaged afterwards."
+    )

@@ -1,0 +1,843 @@
+"""``Fabric``: the own-your-loop facade over the kernel's parts.
+
+The user writes the loop; Fabric resolves the accelerator, strategy and precision by name (through
+the plugin registry), wraps the user's objects, fires the optimization-step hooks on its bus and
+runs the phases (forward, backward, optimizer step) with whatever contexts plugins wrapped around
+them. A script written for Lightning Fabric runs after changing its import line.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import contextlib
+import os
+import random
+import typing as t
+import warnings
+
+import torch
+from torch import nn
+
+from loopkit import _log
+from loopkit.accelerator import Accelerator
+from loopkit.events import Bus
+from loopkit.hooks import FABRIC_FIRES
+from loopkit.plugins import Plugin, registry
+from loopkit.precision import Precision
+from loopkit.strategy import SingleDeviceStrategy, Strategy, move_to_device
+from loopkit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap
+
+__all__ = ["Fabric", "Phase"]
+
+PhaseName = t.Literal["forward", "backward", "optimizer_step"]
+_PHASES: tuple[PhaseName, ...] = ("forward", "backward", "optimizer_step")
+
+#: Environment variables ``loopkit run`` sets; each fills an argument the script left at default.
+_ENV = {
+    "accelerator": "LOOPKIT_ACCELERATOR",
+    "strategy": "LOOPKIT_STRATEGY",
+    "devices": "LOOPKIT_DEVICES",
+    "num_nodes": "LOOPKIT_NUM_NODES",
+    "precision": "LOOPKIT_PRECISION",
+}
+
+
+class Phase:
+    """What a phase context sees, and may change, while it wraps one phase.
+
+    ``name`` is ``"forward"``, ``"backward"`` or ``"optimizer_step"``; ``module`` is the user's
+    module (or None when unknown); ``optimizer`` is set in the optimizer-step phase; ``loss`` is
+    set in the backward phase, and a context may replace it (accumulation divides it).
+    """
+
+    __slots__ = ("loss", "module", "name", "optimizer")
+
+    def __init__(
+        self,
+        name: PhaseName,
+        module: nn.Module | None,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss: torch.Tensor | None = None,
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.optimizer = optimizer
+        self.loss = loss
+
+
+PhaseWrapper = c.Callable[[Phase], contextlib.AbstractContextManager[t.Any]]
+
+
+class _PhaseHandle:
+    def __init__(self, fabric: Fabric, phase: PhaseName, wrapper: PhaseWrapper) -> None:
+        self._fabric, self._phase, self._wrapper = fabric, phase, wrapper
+
+    def remove(self) -> None:
+        wrappers = self._fabric._phase_wrappers[self._phase]
+        if self._wrapper in wrappers:
+            wrappers.remove(self._wrapper)
+        self._fabric._refresh_fast_paths()
+
+
+class Fabric:
+    """Own the loop; let loopkit handle devices, precision, distribution and hooks.
+
+    Every argument is keyword-only. ``accelerator``, ``strategy`` and ``precision`` are names
+    resolved through the plugin registry (or instances); ``plugins`` are names or instances of
+    any kind; ``callbacks`` are objects whose methods are called by hook name; ``loggers`` are
+    objects with ``log_metrics(metrics, step)`` (or logger plugin names).
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str | Accelerator = "auto",
+        strategy: str | Strategy = "auto",
+        devices: int | str | list[int] = "auto",
+        num_nodes: int = 1,
+        precision: str | int | Precision | None = None,
+        plugins: t.Any = None,
+        callbacks: t.Any = None,
+        loggers: t.Any = None,
+    ) -> None:
+        accelerator = _env_default("accelerator", accelerator, "auto")
+        strategy = _env_default("strategy", strategy, "auto")
+        devices = _env_default("devices", devices, "auto")
+        num_nodes = int(_env_default("num_nodes", num_nodes, 1))
+        precision = _env_default("precision", precision, None)
+        if not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"num_nodes={num_nodes!r}: pass a positive int")
+
+        self._bus = Bus(fires=FABRIC_FIRES)
+        self._trainer: t.Any = None
+        self._phase_wrappers: dict[PhaseName, list[PhaseWrapper]] = {p: [] for p in _PHASES}
+        self._forward_active = False
+        self._models: dict[int, FabricModule] = {}
+        self._backward_calls = 0
+        self._launched = False
+        self._warned_no_sync = False
+
+        subscribers: list[t.Any] = []
+        slots: dict[str, t.Any] = {}
+        for item in _as_list(plugins):
+            plugin = _resolve_plugin(item)
+            kind = getattr(plugin, "kind", "subscriber")
+            if kind in ("strategy", "precision", "accelerator", "checkpoint_io"):
+                if kind in slots:
+                    raise ValueError(
+                        f"plugins= holds two {kind} plugins ({slots[kind]!r} and {plugin!r}); "
+                        f"a {kind} slot has one occupant"
+                    )
+                slots[kind] = plugin
+            elif kind == "logger":
+                loggers = [*_as_list(loggers), plugin]
+            else:
+                subscribers.append(plugin)
+        self._accelerator = _resolve_accelerator(slots.pop("accelerator", accelerator))
+        self._precision = _resolve_precision(slots.pop("precision", precision))
+        self._device_ids = self._accelerator.parse_devices(devices)
+        self._strategy = _resolve_strategy(
+            slots.pop("strategy", strategy), self._accelerator, len(self._device_ids), num_nodes
+        )
+        self._strategy.connect(self._accelerator, self._precision, self._device_ids, num_nodes)
+        self._checkpoint_io = slots.pop("checkpoint_io", None)
+        self._loggers = [_resolve_logger(lg) for lg in _as_list(loggers)]
+        self._callbacks = _as_list(callbacks)
+        self._plugins: list[t.Any] = []
+        for cb in self._callbacks:
+            self._bus.connect(cb)
+        for plugin in subscribers:
+            self.add_plugin(plugin)
+        self._refresh_fast_paths()
+        if _log.tracing:
+            _log.logger().debug(
+                "fabric resolved",
+                accelerator=type(self._accelerator).__name__,
+                strategy=type(self._strategy).__name__,
+                precision=repr(self._precision),
+                devices=self._device_ids,
+            )
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return self._accelerator
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @property
+    def bus(self) -> Bus:
+        """The hook bus: ``fabric.bus.connect(...)`` subscribes explicitly."""
+        return self._bus
+
+    @property
+    def loggers(self) -> list[t.Any]:
+        return list(self._loggers)
+
+    @property
+    def logger(self) -> t.Any:
+        """The first logger (None when there is none)."""
+        return self._loggers[0] if self._loggers else None
+
+    @property
+    def plugins(self) -> list[t.Any]:
+        """The subscriber plugins attached to this Fabric, in attach order."""
+        return list(self._plugins)
+
+    # -- plugins and phases ------------------------------------------------------------------
+
+    def add_plugin(self, plugin: t.Any) -> t.Any:
+        """Attach a subscriber plugin (a name or an instance): connect its hooks, call attach."""
+        plugin = _resolve_plugin(plugin)
+        self._plugins.append(plugin)
+        self._bus.connect(plugin)
+        attach = getattr(plugin, "attach", None)
+        if attach is not None:
+            attach(self)
+        return plugin
+
+    def get_plugin(self, name_or_type: str | type) -> t.Any:
+        """The attached plugin with that registry name or of that type, or None."""
+        for p in self._plugins:
+            if isinstance(name_or_type, str):
+                if getattr(p, "plugin_name", None) == name_or_type:
+                    return p
+            elif isinstance(p, name_or_type):
+                return p
+        return None
+
+    def wrap_phase(self, phase: PhaseName, wrapper: PhaseWrapper) -> _PhaseHandle:
+        """Run ``wrapper(Phase)`` as a context around every ``phase``; returns a removable handle.
+
+        Contexts are entered in registration order and exited in reverse. In the backward phase
+        a context may replace ``phase.loss`` before the hooks and autograd see it.
+        """
+        if phase not in self._phase_wrappers:
+            raise ValueError(f"unknown phase {phase!r}; phases are {', '.join(_PHASES)}")
+        self._phase_wrappers[phase].append(wrapper)
+        self._refresh_fast_paths()
+        return _PhaseHandle(self, phase, wrapper)
+
+    def _refresh_fast_paths(self) -> None:
+        self._forward_active = bool(self._precision.active or self._phase_wrappers["forward"])
+
+    def _enter_phase(self, stack: contextlib.ExitStack, phase: Phase) -> None:
+        for wrapper in self._phase_wrappers[phase.name]:
+            stack.enter_context(wrapper(phase))
+
+    def _run_forward(self, wrapped: FabricModule, args: tuple[t.Any, ...], kwargs: t.Any) -> t.Any:
+        precision = self._precision
+        args, kwargs = precision.convert_input((args, kwargs))
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(precision.forward_context())
+            if self._phase_wrappers["forward"]:
+                self._enter_phase(stack, Phase("forward", wrapped.module))
+            out = wrapped.forward_module(*args, **kwargs)
+        return precision.convert_output(out)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def launch(self, function: c.Callable[..., t.Any] | None = None, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        """Start the run's processes (where the strategy needs to) and call ``function(fabric, *args)``."""
+        if function is not None and not callable(function):
+            raise TypeError(f"launch() takes a function to run, got {function!r}")
+        self._launched = True
+
+        def run(*a: t.Any, **kw: t.Any) -> t.Any:
+            self._strategy.setup_environment()
+            return function(self, *a, **kw) if function is not None else None
+
+        return self._strategy.launch(run, *args, **kwargs)
+
+    def _ensure_environment(self) -> None:
+        if not self._launched:
+            self._launched = True
+            self._strategy.setup_environment()
+
+    def setup(self, module: nn.Module, *optimizers: torch.optim.Optimizer, move_to_device: bool = True) -> t.Any:
+        """Wrap ``module`` and its ``optimizers``; returns the module, or ``(module, *optimizers)``."""
+        wrapped = self.setup_module(module, move_to_device=move_to_device)
+        if not optimizers:
+            return wrapped
+        return (wrapped, *self._setup_optimizers(optimizers, wrapped))
+
+    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
+        """Wrap ``module``: moved to the device, converted to the precision, parallelised."""
+        if isinstance(module, FabricModule):
+            raise ValueError(
+                f"{type(module.module).__name__} was already set up by fabric.setup(); "
+                "set up each module once and keep using the object setup() returned"
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"setup() takes a torch.nn.Module first, got {type(module).__name__}")
+        if id(module) in self._models:
+            raise ValueError(
+                f"{type(module).__name__} was already set up by this Fabric; "
+                "set up each module once and keep using the object setup() returned"
+            )
+        self._ensure_environment()
+        module = self._precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        forward_module = self._strategy.setup_module(module)
+        wrapped = FabricModule(forward_module, module, self)
+        self._models[id(module)] = wrapped
+        self._bus.call("on_after_setup", fabric=self, module=module)
+        return wrapped
+
+    def setup_optimizers(self, *optimizers: torch.optim.Optimizer) -> t.Any:
+        """Wrap optimizers whose modules were set up already; returns one or a tuple."""
+        wrapped = self._setup_optimizers(optimizers, None)
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _setup_optimizers(
+        self, optimizers: c.Sequence[torch.optim.Optimizer], module: FabricModule | None
+    ) -> list[FabricOptimizer]:
+        out = []
+        for opt in optimizers:
+            if isinstance(opt, FabricOptimizer):
+                raise ValueError(f"{opt!r} was already set up by fabric.setup()")
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(
+                    f"setup() takes optimizers after the module, got {type(opt).__name__}"
+                )
+            owner = self._owner_of(opt, module)
+            out.append(FabricOptimizer.wrap(self._strategy.setup_optimizer(opt), self, owner))
+        return out
+
+    def _owner_of(
+        self, opt: torch.optim.Optimizer, module: FabricModule | None
+    ) -> nn.Module | None:
+        candidates = [module] if module is not None else list(self._models.values())
+        params = {id(p) for g in opt.param_groups for p in g["params"]}
+        for cand in candidates:
+            own = {id(p) for p in cand.module.parameters()}
+            if params <= own:
+                return cand.module
+        known = {id(p) for m in self._models.values() for p in m.module.parameters()}
+        if module is None and params <= known:
+            return None  # spans several set-up modules
+        where = f"{type(module.module).__name__}" if module is not None else "any set-up module"
+        raise ValueError(
+            f"{type(opt).__name__} optimizes {len(params - known) or len(params)} parameter(s) "
+            f"that are not parameters of {where}. Pass the optimizer to fabric.setup() together "
+            "with the module that owns its parameters (or set up that module first)."
+        )
+
+    def setup_dataloaders(
+        self,
+        *dataloaders: t.Any,
+        use_distributed_sampler: bool = True,
+        move_to_device: bool = True,
+        replace_sampler: bool | None = None,
+    ) -> t.Any:
+        """Wrap dataloaders: batches moved to the device, a ``DistributedSampler`` when sharding.
+
+        ``replace_sampler`` is the older name of ``use_distributed_sampler``.
+        """
+        if replace_sampler is not None:
+            use_distributed_sampler = replace_sampler
+        if not dataloaders:
+            raise ValueError("setup_dataloaders() needs at least one dataloader")
+        self._ensure_environment()
+        out = []
+        for loader in dataloaders:
+            if isinstance(loader, FabricDataLoader):
+                raise ValueError("this dataloader was already set up by fabric.setup_dataloaders()")
+            kwargs = self._strategy.distributed_sampler_kwargs()
+            if use_distributed_sampler and kwargs is not None:
+                loader = _with_distributed_sampler(loader, kwargs)
+            device = self.device if move_to_device else None
+            if device is not None and device.type == "cpu":
+                device = None  # tensors are already on the CPU: skip the per-batch walk
+            out.append(FabricDataLoader(loader, self, device))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def backward(self, tensor: torch.Tensor, *args: t.Any, model: nn.Module | None = None, **kwargs: t.Any) -> None:
+        """Replaces ``loss.backward()``: runs the backward phase through strategy and precision."""
+        if model is not None:
+            wrapped = model if isinstance(model, FabricModule) else self._models.get(id(model))
+            if wrapped is None:
+                raise ValueError(
+                    f"backward(model=...) got a {type(model).__name__} that was not set up; "
+                    "pass the module returned by fabric.setup()"
+                )
+        elif len(self._models) == 1:
+            wrapped = next(iter(self._models.values()))
+        elif not self._models:
+            raise RuntimeError(
+                "fabric.backward() was called before any module was set up; call "
+                "model, optimizer = fabric.setup(model, optimizer) first"
+            )
+        else:
+            wrapped = None
+        module = wrapped.module if wrapped is not None else None
+        self._backward_calls += 1
+        if self._phase_wrappers["backward"]:
+            phase = Phase("backward", module, loss=tensor)
+            with contextlib.ExitStack() as stack:
+                self._enter_phase(stack, phase)
+                self._backward(t.cast(torch.Tensor, phase.loss), wrapped, module, args, kwargs)
+        else:
+            self._backward(tensor, wrapped, module, args, kwargs)
+
+    def _backward(
+        self,
+        loss: torch.Tensor,
+        wrapped: FabricModule | None,
+        module: nn.Module | None,
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+    ) -> None:
+        bus = self._bus
+        bus.call("on_before_backward", fabric=self, trainer=self._trainer, module=module, loss=loss)
+        fwd = wrapped.forward_module if wrapped is not None else None
+        self._strategy.backward(loss, fwd, *args, **kwargs)
+        bus.call("on_after_backward", fabric=self, trainer=self._trainer, module=module)
+
+    def _optimizer_step(
+        self, wrapped: FabricOptimizer, closure: c.Callable[[], t.Any] | None, kwargs: dict[str, t.Any]
+    ) -> t.Any:
+        optimizer = wrapped._optimizer
+        module = wrapped._module
+        precision = self._precision
+        if precision.needs_fabric_backward and self._backward_calls == 0 and closure is None:
+            raise RuntimeError(
+                f"optimizer.step() ran but fabric.backward() was never called: the "
+                f"{precision!r} precision scales the loss, so replace loss.backward() with "
+                "fabric.backward(loss)"
+            )
+        bus = self._bus
+
+        def before_step() -> None:
+            precision.unscale_gradients(optimizer)
+            bus.call(
+                "on_before_optimizer_step",
+                fabric=self, trainer=self._trainer, module=module, optimizer=optimizer,
+            )  # fmt: skip
+
+        step_closure: c.Callable[[], t.Any] | None
+        if closure is None:
+            before_step()
+            step_closure = None
+        else:
+            def step_closure() -> t.Any:
+                result = closure()
+                before_step()
+                return result
+
+        if self._phase_wrappers["optimizer_step"]:
+            with contextlib.ExitStack() as stack:
+                self._enter_phase(stack, Phase("optimizer_step", module, optimizer))
+                out = self._strategy.optimizer_step(optimizer, step_closure, **kwargs)
+        else:
+            out = self._strategy.optimizer_step(optimizer, step_closure, **kwargs)
+        bus.call(
+            "on_optimizer_step", fabric=self, trainer=self._trainer, module=module, optimizer=optimizer
+        )
+        return out
+
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """Clip by value (``clip_val``) or by norm (``max_norm``, returns the total norm)."""
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(
+                "clip_gradients() needs exactly one of clip_val= (clip by value) or "
+                f"max_norm= (clip by norm); got clip_val={clip_val!r}, max_norm={max_norm!r}"
+            )
+        mod, opt = unwrap(module), unwrap(optimizer)
+        if max_norm is not None:
+            return self._strategy.clip_gradients_norm(
+                mod, opt, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+            )
+        self._strategy.clip_gradients_value(mod, opt, t.cast(float, clip_val))
+        return None
+
+    def autocast(self) -> contextlib.AbstractContextManager[t.Any]:
+        """The precision's forward context, for computations outside the module's forward."""
+        return self._precision.forward_context()
+
+    @contextlib.contextmanager
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> c.Iterator[None]:
+        """Skip gradient synchronisation in the block (gradient accumulation under DDP).
+
+        A no-op on one device; where the strategy cannot support it, a no-op with one warning.
+        """
+        if not isinstance(module, FabricModule):
+            raise TypeError(
+                f"no_backward_sync() needs the module returned by fabric.setup(), got "
+                f"{type(module).__name__}"
+            )
+        if enabled and not self._strategy.supports_no_sync and not self._warned_no_sync:
+            self._warned_no_sync = True
+            warnings.warn(
+                f"{type(self._strategy).__name__} does not support no_backward_sync(); "
+                "gradients are synchronised on every backward",
+                UserWarning,
+                stacklevel=3,
+            )
+        with self._strategy.no_backward_sync(module.forward_module, enabled):
+            yield
+
+    # -- utilities --------------------------------------------------------------------------
+
+    def to_device(self, obj: t.Any) -> t.Any:
+        """Move a module, a tensor, or tensors nested in lists/tuples/dicts to ``self.device``."""
+        return move_to_device(obj, self.device)
+
+    def print(self, *args: t.Any, **kwargs: t.Any) -> None:
+        """``print`` on the global-zero process only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool = True) -> int:
+        """Seed python's ``random``, numpy (when installed) and torch with ``seed``.
+
+        Each generator ends exactly as seeding it directly would. Dataloader workers need
+        nothing more: torch derives each worker's python, numpy and torch seeds from the main
+        process's torch generator when the worker starts, so they are distinct and reproducible
+        (``workers`` is accepted for Lightning compatibility).
+        """
+        if seed is None:
+            seed = int(os.environ.get("LOOPKIT_GLOBAL_SEED", random.randrange(2**31)))
+        if not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed={seed!r}: pass an int in [0, 2**32)")
+        os.environ["LOOPKIT_GLOBAL_SEED"] = str(seed)  # read by samplers and spawned ranks
+        random.seed(seed)
+        try:
+            import numpy as np
+        except ImportError:
+            pass
+        else:
+            np.random.seed(seed)
+        torch.manual_seed(seed)
+        return seed
+
+    def barrier(self, name: str | None = None) -> None:
+        self._strategy.barrier(name)
+
+    def broadcast(self, obj: t.Any, src: int = 0) -> t.Any:
+        return self._strategy.broadcast(obj, src)
+
+    def all_gather(self, data: t.Any, sync_grads: bool = False) -> t.Any:
+        return _map_tensors(data, lambda x: self._strategy.all_gather(x, sync_grads=sync_grads))
+
+    def all_reduce(self, data: t.Any, reduce_op: t.Literal["sum", "mean", "max", "min"] = "mean") -> t.Any:
+        return _map_tensors(data, lambda x: self._strategy.all_reduce(x, reduce_op))
+
+    @contextlib.contextmanager
+    def rank_zero_first(self, local: bool = False) -> c.Iterator[None]:
+        """Run the block on rank zero first (e.g. to download data), then on the others."""
+        first = (self.local_rank if local else self.global_rank) == 0
+        if not first:
+            self.barrier("rank_zero_first")
+        yield
+        if first:
+            self.barrier("rank_zero_first")
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: bool | None = None) -> c.Iterator[None]:
+        """Build a module directly on the device, in the precision's parameter dtype."""
+        self._ensure_environment()
+        with self._strategy.module_init_context():
+            yield
+
+    @contextlib.contextmanager
+    def init_tensor(self) -> c.Iterator[None]:
+        """Create tensors directly on the device, in the precision's dtype."""
+        with self.device, self._precision.tensor_init_context():
+            yield
+
+    # -- hooks and logging ------------------------------------------------------------------
+
+    def call(self, hook_name: str, *args: t.Any, **kwargs: t.Any) -> list[tuple[object, t.Any]]:
+        """Run every callback (and plugin) method named ``hook_name``; see :meth:`Bus.call`."""
+        return self._bus.call(hook_name, *args, **kwargs)
+
+    def log(self, name: str, value: t.Any, step: int | None = None) -> None:
+        """Send one scalar to every logger (nothing happens without loggers)."""
+        if self._loggers:
+            self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: c.Mapping[str, t.Any], step: int | None = None) -> None:
+        """Send scalars to every logger; tensors become Python numbers once, here."""
+        if not self._loggers:
+            return
+        plain = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        for logger in self._loggers:
+            logger.log_metrics(plain, step=step)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        state: c.Mapping[str, t.Any],
+        filter: c.Mapping[str, c.Callable[[str, t.Any], bool]] | None = None,
+    ) -> None:
+        """Write ``state`` atomically: objects with ``state_dict()`` are converted, nothing added.
+
+        ``filter`` maps a key of ``state`` to ``fn(name, value) -> bool`` selecting which entries
+        of that object's state dict are kept.
+        """
+        if filter is not None:
+            unknown = sorted(set(filter) - set(state))
+            if unknown:
+                raise KeyError(f"filter names keys that are not in state: {', '.join(unknown)}")
+        converted: dict[str, t.Any] = {}
+        for key, obj in state.items():
+            value = self._state_of(obj)
+            if filter is not None and key in filter:
+                if not isinstance(value, dict):
+                    raise TypeError(f"filter[{key!r}] needs a state dict, got {type(value).__name__}")
+                value = {k: v for k, v in value.items() if filter[key](k, v)}
+            converted[key] = value
+        self._strategy.save_checkpoint(path, converted)
+        self.barrier("save")
+
+    def _state_of(self, obj: t.Any) -> t.Any:
+        obj = unwrap(obj)
+        if isinstance(obj, nn.Module):
+            return self._strategy.module_state_dict(obj)
+        if hasattr(obj, "state_dict") and callable(obj.state_dict):
+            return obj.state_dict()
+        return obj
+
+    def load(
+        self,
+        path: str | os.PathLike[str],
+        state: dict[str, t.Any] | None = None,
+        strict: bool = True,
+        weights_only: bool = True,
+    ) -> dict[str, t.Any]:
+        """Restore ``state`` in place from ``path``; return what the checkpoint held beyond it.
+
+        Objects with ``load_state_dict`` are restored in place; other values are written back
+        into ``state``. With ``strict``, a key of ``state`` missing from the checkpoint is an
+        error naming it. Without ``state``, the whole checkpoint is returned.
+        """
+        checkpoint = self._strategy.load_checkpoint(path, weights_only=weights_only)
+        if state is None:
+            return t.cast(dict[str, t.Any], checkpoint)
+        if not isinstance(checkpoint, dict):
+            raise TypeError(
+                f"checkpoint {os.fspath(path)!r} holds a {type(checkpoint).__name__}, not a dict "
+                "of named states; load it with fabric.load(path) or fabric.load_raw(path, obj)"
+            )
+        missing = sorted(set(state) - set(checkpoint))
+        if missing and strict:
+            raise KeyError(
+                f"checkpoint {os.fspath(path)!r} has no entry for {', '.join(map(repr, missing))} "
+                f"(it holds {', '.join(map(repr, checkpoint)) or 'nothing'}); pass strict=False "
+                "to restore only what it has"
+            )
+        for key in list(state):
+            if key not in checkpoint:
+                continue
+            obj = unwrap(state[key])
+            value = checkpoint.pop(key)
+            if isinstance(obj, nn.Module):
+                obj.load_state_dict(value, strict=strict)
+            elif hasattr(obj, "load_state_dict") and callable(obj.load_state_dict):
+                obj.load_state_dict(value)
+            else:
+                state[key] = value
+        return t.cast(dict[str, t.Any], checkpoint)
+
+    def load_raw(
+        self, path: str | os.PathLike[str], obj: t.Any, strict: bool = True, weights_only: bool = True
+    ) -> None:
+        """Load a bare state dict (as ``torch.save(model.state_dict())`` wrote it) into ``obj``."""
+        value = self._strategy.load_checkpoint(path, weights_only=weights_only)
+        target = unwrap(obj)
+        if isinstance(target, nn.Module):
+            target.load_state_dict(value, strict=strict)
+        else:
+            target.load_state_dict(value)
+
+
+# -- resolution (the connector) ---------------------------------------------------------------
+
+
+def _env_default(key: str, value: t.Any, default: t.Any) -> t.Any:
+    if value == default and not isinstance(value, bool):
+        env = os.environ.get(_ENV[key])
+        if env:
+            return env
+    return value
+
+
+def _as_list(value: t.Any) -> list[t.Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _resolve_plugin(item: t.Any) -> t.Any:
+    if isinstance(item, str):
+        reg = registry()
+        obj = reg.load(item) if item in reg else None
+        if obj is None:
+            reg.create("subscriber", item)  # raises the not-found error with advice
+        kind = getattr(obj, "kind", "subscriber")
+        return reg.create(kind, item)
+    return item
+
+
+def _resolve_accelerator(value: str | Accelerator) -> Accelerator:
+    if isinstance(value, Accelerator):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"accelerator={value!r}: pass a name such as 'cpu', 'cuda' or 'auto'")
+    name = value.lower()
+    if name == "auto":
+        from loopkit.accelerator import CUDAAccelerator, MPSAccelerator
+
+        name = "cuda" if CUDAAccelerator.is_available() else "mps" if MPSAccelerator.is_available() else "cpu"
+    elif name == "gpu":
+        from loopkit.accelerator import MPSAccelerator
+
+        name = "mps" if MPSAccelerator.is_available() else "cuda"
+    accelerator = t.cast(Accelerator, registry().create("accelerator", name))
+    if not accelerator.is_available():
+        raise RuntimeError(
+            f"accelerator={value!r} is not available on this machine; use accelerator='cpu' "
+            "or 'auto'"
+        )
+    return accelerator
+
+
+def _resolve_precision(value: str | int | Precision | None) -> Precision:
+    if isinstance(value, Precision):
+        return value
+    if value is None:
+        value = "32-true"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"precision={value!r}: pass a name such as '32-true' or 'bf16-mixed'")
+    name = str(value)
+    if name == "32":
+        name = "32-true"
+    return t.cast(Precision, registry().create("precision", name))
+
+
+def _resolve_strategy(
+    value: str | Strategy, accelerator: Accelerator, n_devices: int, num_nodes: int
+) -> Strategy:
+    if isinstance(value, Strategy):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"strategy={value!r}: pass a name such as 'auto', 'ddp' or an instance")
+    name = value.lower()
+    if name == "auto":
+        default = getattr(accelerator, "default_strategy", None)
+        if default is not None:
+            name = default
+        elif n_devices > 1 or num_nodes > 1:
+            name = "ddp"
+        else:
+            return SingleDeviceStrategy()
+    if name == "single_device" and (n_devices > 1 or num_nodes > 1):
+        raise ValueError(
+            f"strategy='single_device' runs one process, but devices={n_devices} and "
+            f"num_nodes={num_nodes} ask for more; use strategy='ddp' or devices=1"
+        )
+    return t.cast(Strategy, registry().create("strategy", name))
+
+
+def _resolve_logger(value: t.Any) -> t.Any:
+    if isinstance(value, str):
+        return registry().create("logger", value)
+    if not callable(getattr(value, "log_metrics", None)):
+        raise TypeError(
+            f"loggers= got {value!r}, which has no log_metrics(metrics, step) method; pass a "
+            "logger object or a logger plugin name such as 'tensorboard'"
+        )
+    return value
+
+
+def _map_tensors(data: t.Any, fn: c.Callable[[torch.Tensor], torch.Tensor]) -> t.Any:
+    if isinstance(data, torch.Tensor):
+        return fn(data)
+    if isinstance(data, dict):
+        return {k: _map_tensors(v, fn) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_map_tensors(v, fn) for v in data)
+    if isinstance(data, (int, float, bool)):
+        return fn(torch.tensor(data))
+    return data
+
+
+def _with_distributed_sampler(loader: t.Any, kwargs: dict[str, t.Any]) -> t.Any:
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    if not isinstance(loader, DataLoader):
+        return loader
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader
+    if loader.batch_sampler is not None and type(loader.batch_sampler).__name__ != "BatchSampler":
+        raise ValueError(
+            f"setup_dataloaders() cannot shard a DataLoader with a custom batch_sampler "
+            f"({type(loader.batch_sampler).__name__}); pass use_distributed_sampler=False and "
+            "shard it yourself"
+        )
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    seed = int(os.environ.get("LOOPKIT_GLOBAL_SEED", 0))
+    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed, **kwargs)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
+        persistent_workers=loader.persistent_workers,
+    )
