@@ -11,6 +11,8 @@ The whole loop, as the Trainer runs it, with every hook where it fires::
         on_train_epoch_start
         for batch_idx, batch in train_dataloader:
             on_train_batch_start                  # returning -1 ends the epoch early
+        should_optimizer_step                 # a query: any receiver returning False makes
+                                              # this batch accumulate (no step, no zero_grad)
             # automatic optimization, per optimizer (closure run by optimizer.step):
                 out = training_step(batch, batch_idx[, optimizer_idx])
                 on_before_zero_grad
@@ -123,6 +125,11 @@ HOOKS: c.Mapping[str, HookSpec] = dict(
             "on_validation_batch_end",
             f"{_LOOP} outputs batch batch_idx dataloader_idx",
             "after validation_step",
+        ),
+        _spec(
+            "should_optimizer_step",
+            f"{_LOOP} batch_idx",
+            "query, automatic optimization, before training_step: False means accumulate",
         ),
         _spec("on_before_zero_grad", f"{_STEP} optimizer", "before optimizer.zero_grad()"),
         _spec("on_before_backward", f"{_STEP} loss", "before the backward pass"),
