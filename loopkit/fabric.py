@@ -140,6 +140,7 @@ class Fabric:
             slots.pop("strategy", strategy), self._accelerator, len(self._device_ids), num_nodes
         )
         self._strategy.connect(self._accelerator, self._precision, self._device_ids, num_nodes)
+        self._precision.attach(self)  # learns the device type it autocasts and scales on
         self._checkpoint_io = slots.pop("checkpoint_io", None)
         self._loggers = [_resolve_logger(lg) for lg in _as_list(loggers)]
         self._callbacks = _as_list(callbacks)
