@@ -149,6 +149,12 @@ class Fabric:
             self._bus.connect(cb)
         for plugin in subscribers:
             self.add_plugin(plugin)
+        # Logger plugins hear hooks too (on_exception makes their data durable) and learn their
+        # host (its rank; the Trainer's root folder) through attach, as subscribers do.
+        for lg in self._loggers:
+            if isinstance(lg, Plugin) and all(lg is not cb for cb in self._callbacks):
+                self._bus.connect(lg)
+                lg.attach(self)
         self._refresh_fast_paths()
         if _log.tracing:
             _log.logger().debug(
