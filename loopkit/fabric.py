@@ -280,12 +280,8 @@ class Fabric:
         if function is not None and not callable(function):
             raise TypeError(f"launch() takes a function to run, got {function!r}")
         self._launched = True
-
-        def run(*a: t.Any, **kw: t.Any) -> t.Any:
-            self._strategy.setup_environment()
-            return function(self, *a, **kw) if function is not None else None
-
-        return self._strategy.launch(run, *args, **kwargs)
+        # A picklable object, not a closure: spawn launchers send it to new processes.
+        return self._strategy.launch(_Launched(self, function), *args, **kwargs)
 
     def _ensure_environment(self) -> None:
         if not self._launched:
@@ -339,8 +335,10 @@ class Fabric:
                 raise TypeError(
                     f"setup() takes optimizers after the module, got {type(opt).__name__}"
                 )
+            # The strategy first: a sharding strategy rebinds the optimizer to sharded parameters.
+            opt = self._strategy.setup_optimizer(opt)
             owner = self._owner_of(opt, module)
-            out.append(FabricOptimizer.wrap(self._strategy.setup_optimizer(opt), self, owner))
+            out.append(FabricOptimizer.wrap(opt, self, owner))
         return out
 
     def _owner_of(
@@ -702,6 +700,19 @@ class Fabric:
             target.load_state_dict(value, strict=strict)
         else:
             target.load_state_dict(value)
+
+
+class _Launched:
+    """What ``Fabric.launch`` hands the strategy: set up this process, then run the function."""
+
+    def __init__(self, fabric: Fabric, function: c.Callable[..., t.Any] | None) -> None:
+        self.fabric, self.function = fabric, function
+
+    def __call__(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        self.fabric._strategy.setup_environment()
+        if self.function is None:
+            return None
+        return self.function(self.fabric, *args, **kwargs)
 
 
 # -- resolution (the connector) ---------------------------------------------------------------
