@@ -1,0 +1,89 @@
+"""Shared pieces of loopkit-logging's tests: a short Fabric training run and file readers."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import typing as t
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import loopkit
+
+
+def fabric_run(
+    loggers: t.Any, steps: int = 8, raise_at: int | None = None, seed: int = 0
+) -> list[float]:
+    """Train a tiny regressor for ``steps`` steps, logging ``loss`` (and, from step 4, ``grad``).
+
+    Returns the losses logged, in order. With ``raise_at``, raises RuntimeError at that step
+    before logging it.
+    """
+    torch.manual_seed(seed)
+    fabric = loopkit.Fabric(accelerator="cpu", loggers=loggers)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = fabric.setup(model, optimizer)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    losses: list[float] = []
+    for step in range(steps):
+        if step == raise_at:
+            raise RuntimeError(f"boom at step {step}")
+        loss = nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        fabric.backward(loss)
+        optimizer.step()
+        metrics = {"loss": loss.detach()}
+        if step >= 4:  # a metric that appears midway
+            metrics["grad"] = model.weight.grad.norm()
+        fabric.log_dict(metrics, step=step)
+        losses.append(loss.item())
+    for lg in fabric.loggers:
+        lg.finalize("success")
+    return losses
+
+
+def f32(value: float) -> float:
+    """``value`` rounded to float32, as TensorBoard stores scalars."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of ``tag`` read back from the event files in ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def run_script(
+    code: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (stdout/stderr piped)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_log_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A developer's own LOOPKIT_LOG_DIR / rank variables must not leak into the tests.
+    for key in ("LOOPKIT_LOG_DIR", "LOOPKIT_LOG_JSON", "RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,183 @@
+"""Progress bars: drawn on a terminal (rank zero), silent under a pipe."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+from conftest import run_script
+
+import loopkit
+from loopkit_logging import ProgressBar, track
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run_in_pty(code: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``code`` with stdin/stdout/stderr on a pseudo-terminal; return (exit code, output)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env={**os.environ, **(env or {})},
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+# A Trainer-shaped object driven through the real hook bus, so the test needs no Trainer.
+HOOK_DRIVEN = textwrap.dedent(
+    """
+    import types, loopkit
+    fabric = loopkit.Fabric(accelerator="cpu", plugins=["progress_bar"])
+    trainer = types.SimpleNamespace(
+        current_epoch=0, num_training_batches=4, global_rank=0, progress_bar_metrics={}
+    )
+    fabric.call("on_train_start", trainer=trainer)
+    for epoch in range(2):
+        trainer.current_epoch = epoch
+        fabric.call("on_train_epoch_start", trainer=trainer)
+        for i in range(4):
+            trainer.progress_bar_metrics = {"loss": 0.5 / (i + 1 + 4 * epoch), "hidden": None}
+            fabric.call("on_train_batch_end", trainer=trainer, batch_idx=i)
+        fabric.call("on_train_epoch_end", trainer=trainer)
+    fabric.call("on_train_end", trainer=trainer)
+    print("done")
+    """
+)
+
+FABRIC_HELPER = textwrap.dedent(
+    """
+    import loopkit
+    from loopkit_logging import track
+    fabric = loopkit.Fabric(accelerator="cpu")
+    for epoch in range(2):
+        bar = track(range(5), fabric=fabric, epoch=epoch)
+        for i in bar:
+            bar.set_metrics(loss=1.0 / (i + 1))
+    print("done")
+    """
+)
+
+
+@pytest.mark.parametrize("code", [HOOK_DRIVEN, FABRIC_HELPER], ids=["plugin", "track"])
+def test_under_a_pseudo_terminal_the_bar_shows_metrics(code: str, tmp_path: Path) -> None:
+    rc, out = run_in_pty(code, tmp_path)
+    assert rc == 0, out
+    assert "Epoch 0" in out and "Epoch 1" in out
+    assert "it/s" in out  # the rate
+    if code is HOOK_DRIVEN:
+        assert "4/4" in out and "loss=0.0625" in out  # last batch of epoch 1: 0.5 / 8
+        assert "hidden" not in out  # a None value is not shown
+    else:
+        assert "5/5" in out and "loss=0.2" in out
+    assert out.rstrip().endswith("done")
+
+
+@pytest.mark.parametrize("code", [HOOK_DRIVEN, FABRIC_HELPER], ids=["plugin", "track"])
+def test_under_a_pipe_nothing_of_it_is_printed(code: str, tmp_path: Path) -> None:
+    proc = run_script(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "done\n"
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("code", [HOOK_DRIVEN, FABRIC_HELPER], ids=["plugin", "track"])
+def test_other_ranks_print_nothing_even_on_a_terminal(code: str, tmp_path: Path) -> None:
+    # The hook-driven trainer and the Fabric answer rank 1, as rank 1 of a DDP run would.
+    code = code.replace("global_rank=0", "global_rank=1").replace(
+        "fabric=fabric", "fabric=types.SimpleNamespace(global_rank=1)"
+    ).replace("import loopkit\n", "import loopkit, types\n")
+    rc, out = run_in_pty(code, tmp_path, env={"RANK": "1"})
+    assert rc == 0, out
+    assert out.strip() == "done"
+
+
+def test_plugin_bar_content_per_epoch() -> None:
+    stream = FakeTerminal()
+    bar = ProgressBar(stream=stream)
+    trainer = types.SimpleNamespace(
+        current_epoch=3, num_training_batches=float("inf"), global_rank=0,
+        progress_bar_metrics={"loss": 1.5},
+    )
+    bar.on_train_start(trainer)
+    assert bar.enabled
+    bar.on_train_epoch_start(trainer)
+    for _ in range(3):
+        bar.on_train_batch_end(trainer)
+    trainer.progress_bar_metrics = {"loss": 1.5, "val_loss": 2.25}
+    bar.on_train_epoch_end(trainer)
+    out = stream.getvalue()
+    assert "Epoch 3" in out and "3it" in out  # no total: a counter, not a fraction
+    assert out.rstrip().endswith("val_loss=2.25]")  # epoch-end metrics on the final line
+
+
+def test_validation_bar_and_refresh_rate() -> None:
+    stream = FakeTerminal()
+    bar = ProgressBar(stream=stream, refresh_rate=2)
+    trainer = types.SimpleNamespace(
+        current_epoch=0, num_training_batches=4, num_val_batches=[2, 1], global_rank=0,
+        progress_bar_metrics={},
+    )
+    bar.on_train_start(trainer)
+    bar.on_train_epoch_start(trainer)
+    bar.on_train_batch_end(trainer)
+    assert bar._train_bar.n == 0  # refreshed every 2 batches
+    bar.on_train_batch_end(trainer)
+    assert bar._train_bar.n == 2
+    bar.on_validation_start(trainer)
+    assert bar._val_bar.total == 3
+    for _ in range(3):
+        bar.on_validation_batch_end()
+    assert bar._val_bar.n == 3
+    trainer.progress_bar_metrics = {"val_acc": 0.75}
+    bar.on_validation_end(trainer)
+    assert bar._val_bar is None
+    bar.on_exception()
+    assert bar._train_bar is None
+    out = stream.getvalue()
+    assert "Validation" in out and "val_acc=0.75" in out
+
+
+def test_disabled_when_the_stream_is_not_a_terminal() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream=stream)
+    trainer = types.SimpleNamespace(current_epoch=0, num_training_batches=2, global_rank=0)
+    bar.on_train_start(trainer)
+    bar.on_train_epoch_start(trainer)
+    bar.on_train_batch_end(trainer)
+    bar.on_train_epoch_end(trainer)
+    assert not bar.enabled and stream.getvalue() == ""
+    items = list(track(range(3), stream=stream))
+    assert items == [0, 1, 2] and stream.getvalue() == ""
+
+
+def test_by_name_and_bad_input() -> None:
+    fabric = loopkit.Fabric(accelerator="cpu", plugins=["progress_bar"])
+    assert isinstance(fabric.get_plugin("progress_bar"), ProgressBar)
+    with pytest.raises(ValueError, match="refresh_rate=-1"):
+        ProgressBar(refresh_rate=-1)
