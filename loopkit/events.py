@@ -2,9 +2,15 @@
 
 Subscriptions live in blinker signals, one per hook name, in a :class:`blinker.Namespace` owned
 by each bus (never blinker's global namespace). Dispatch does not go through
-:meth:`blinker.Signal.send`: each hook keeps a cached tuple of prepared receivers, rebuilt only
-when a subscription changes, so that :meth:`Bus.call` does no introspection and builds no
-strings. Signatures are inspected once, when a receiver is prepared.
+:meth:`blinker.Signal.send`: for each hook name the bus keeps a cached tuple of its receivers in
+dispatch order, and from it a dispatcher function compiled once, both rebuilt only when a
+subscription changes. The dispatcher makes one plain call per receiver, reading the keywords that
+receiver takes straight from the caller's keyword arguments, so :meth:`Bus.call` does no
+introspection and builds no strings. Signatures are inspected once, when a receiver is connected
+(or, for a custom hook name, first resolved).
+
+The module is split as data (:class:`_Receiver`), policy (the subscription methods of
+:class:`Bus`, :func:`_compile`) and the hot path (:meth:`Bus.call`), which holds no policy.
 
 This module must never import torch or any plugin: it is the part every other part sits on.
 """
@@ -12,7 +18,7 @@ This module must never import torch or any plugin: it is the part every other pa
 from __future__ import annotations
 
 import collections.abc as c
-import difflib
+import functools
 import inspect
 import itertools
 import time
@@ -28,18 +34,27 @@ __all__ = ["Bus", "HookError", "Subscription"]
 
 
 class HookError(TypeError):
-    """A receiver does not fit the hook it is subscribed to."""
+    """A receiver does not fit its hook, or a call of the hook did not pass what it requires."""
 
 
+#: Registration order across every bus; ties in priority are broken by it.
 _seq = itertools.count()
+
+#: A compiled dispatcher: takes the caller's keyword arguments, returns (owner, result) pairs.
+_Dispatcher = c.Callable[[dict[str, t.Any]], list[tuple[object, t.Any]]]
+
+_P = inspect.Parameter
+
+
+# -- data ---------------------------------------------------------------------------------------
 
 
 class _Receiver:
-    """One prepared subscription of a callable to a hook name (data only, no policy)."""
+    """One subscription of a callable to a hook name, with its signature read once."""
 
     __slots__ = (
-        "fn", "owner", "hook", "priority", "seq", "every", "once",
-        "takes_all", "pairs", "required", "positional", "label",
+        "fn", "owner", "hook", "priority", "seq", "every", "once", "fired", "label",
+        "params", "takes_all", "takes_args", "_selectors",
     )  # fmt: skip
 
     def __init__(
@@ -50,96 +65,233 @@ class _Receiver:
         priority: int,
         every: int | None,
         once: int | None,
+        seq: int | None = None,
     ) -> None:
         self.fn = fn
         self.owner = owner
         self.hook = hook
         self.priority = priority
-        self.seq = next(_seq)
+        self.seq = next(_seq) if seq is None else seq
         self.every = every
         self.once = once
+        #: Firings of the hook since this receiver subscribed; counted only under a filter.
+        self.fired = 0
         self.label = _describe(fn, owner)
-        params = _parameters(fn, self.label)
-        kinds = {p.kind for p in params}
-        #: True when the receiver takes **kwargs: it gets every keyword argument as passed.
-        self.takes_all = inspect.Parameter.VAR_KEYWORD in kinds
-        named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        #: (receiver parameter, keyword the hook passes) for every keyword it can take.
-        self.pairs: tuple[tuple[str, str], ...] = tuple(
-            (p.name, ALIASES.get(p.name, p.name))
-            for p in named
-            if p.kind is not p.POSITIONAL_ONLY
+        signature = _parameters(fn, self.label)
+        #: True when the receiver takes ``**kwargs``: it gets every keyword argument passed.
+        self.takes_all = any(p.kind is _P.VAR_KEYWORD for p in signature)
+        self.takes_args = any(p.kind is _P.VAR_POSITIONAL for p in signature)
+        #: Named parameters in signature order; each is filled by the keyword of its name (or
+        #: its alias), positional ones positionally.
+        self.params = tuple(
+            p for p in signature if p.kind not in (_P.VAR_POSITIONAL, _P.VAR_KEYWORD)
         )
-        self.required = frozenset(
-            ALIASES.get(p.name, p.name) for p in named if p.default is p.empty
-        )
-        self.positional = tuple(
-            ALIASES.get(p.name, p.name)
-            for p in named
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        )
+        self._selectors: dict[int, c.Callable[[tuple[t.Any, ...], dict[str, t.Any]], t.Any]] = {}
 
     def __call__(self, sender: object, **kwargs: t.Any) -> t.Any:
-        # Lets blinker's own ``send`` reach loopkit receivers too (sender is ignored).
-        return self.fn(**self.select(kwargs))
+        # Lets blinker's own ``send`` reach loopkit receivers too (the sender is ignored).
+        return self.invoke((), kwargs)
 
-    def select(self, kwargs: c.Mapping[str, t.Any]) -> dict[str, t.Any]:
-        return {name: kwargs[key] for name, key in self.pairs if key in kwargs}
+    def needs(self, nargs: int, keys: c.Collection[str]) -> list[str]:
+        """Required parameters left unfilled by ``nargs`` positional and ``keys`` keywords."""
+        missing = []
+        for i, p in enumerate(self.params):
+            if p.default is not _P.empty or p.name in keys or ALIASES.get(p.name) in keys:
+                continue
+            if i < nargs and p.kind is not _P.KEYWORD_ONLY:
+                continue
+            missing.append(p.name)
+        return missing
 
-    def missing(self, args: tuple[t.Any, ...], kwargs: c.Mapping[str, t.Any]) -> list[str]:
-        given = set(self.positional[: len(args)]) | kwargs.keys()
-        return sorted(self.required - given)
+    def missing_error(self, missing: list[str], keys: c.Iterable[str], nargs: int = 0) -> HookError:
+        passed = ", ".join(keys) or "no keyword arguments"
+        if nargs:
+            passed += f" and {nargs} positional argument(s)"
+        return HookError(
+            f"{self.label} requires {', '.join(map(repr, missing))}, which the call of hook "
+            f"{self.hook!r} did not pass (it passed {passed}). Pass "
+            f"{'it' if len(missing) == 1 else 'them'} to call(), or give the parameter a default."
+        )
+
+    def call_source(self, fn_var: str, nargs: int, namespace: dict[str, t.Any]) -> str:
+        """Python source of a call of this receiver; defaults it needs go into ``namespace``.
+
+        Reads every named parameter from ``kwargs`` (positional ones after the first ``nargs``,
+        which ``args`` fill). Parameter names come from a signature, so they are identifiers;
+        keyword names are embedded as string literals.
+        """
+        namespace[fn_var] = self.fn
+        if self.takes_all:
+            renamed = [(p.name, ALIASES[p.name]) for p in self.params[nargs:] if p.name in ALIASES]
+            star = "*args, " if nargs else ""
+            if not renamed:
+                return f"{fn_var}({star}**kwargs)"
+            namespace[f"{fn_var}_aliases"] = tuple(renamed)
+            return f"{fn_var}({star}**_with_aliases(kwargs, {fn_var}_aliases))"
+        parts = ["*args"] if nargs else []
+        positional_ok = True
+        for i, p in enumerate(self.params):
+            if i < nargs and p.kind is not _P.KEYWORD_ONLY:
+                continue
+            name, alias = p.name, ALIASES.get(p.name)
+            if p.default is _P.empty:
+                value = f"kwargs[{name!r}]"
+                if alias is not None:
+                    value = f"(kwargs[{name!r}] if {name!r} in kwargs else kwargs[{alias!r}])"
+            else:
+                default = f"{fn_var}_d{i}"
+                namespace[default] = p.default
+                value = f"kwargs.get({name!r}, {default})"
+                if alias is not None:
+                    value = f"kwargs.get({name!r}, kwargs.get({alias!r}, {default}))"
+            # Positional parameters are passed positionally (a faster call), keyword-only ones
+            # by keyword; a positional-only one after a skipped slot cannot occur.
+            if p.kind is _P.KEYWORD_ONLY or not positional_ok:
+                positional_ok = False
+                parts.append(f"{name}={value}")
+            else:
+                parts.append(value)
+        return f"{fn_var}({', '.join(parts)})"
+
+    def invoke(self, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> t.Any:
+        """Call the receiver with positional ``args`` and the keywords it takes (general path)."""
+        nargs = len(args)
+        select = self._selectors.get(nargs)
+        if select is None:
+            namespace: dict[str, t.Any] = {"_with_aliases": _with_aliases}
+            source = f"lambda args, kwargs: {self.call_source('fn', nargs, namespace)}"
+            select = self._selectors[nargs] = eval(source, namespace)
+        return select(args, kwargs)
+
+
+def _with_aliases(
+    kwargs: dict[str, t.Any], renamed: tuple[tuple[str, str], ...]
+) -> dict[str, t.Any]:
+    out = dict(kwargs)
+    for name, alias in renamed:
+        if name not in out and alias in out:
+            out[name] = out[alias]
+    return out
 
 
 def _describe(fn: c.Callable[..., t.Any], owner: object) -> str:
-    name = getattr(fn, "__qualname__", None) or repr(fn)
-    if owner is not fn and not isinstance(owner, type):
-        return f"{type(owner).__name__}.{getattr(fn, '__name__', name)}"
-    return name
+    name = getattr(fn, "__name__", None)
+    if owner is not fn and name is not None and not isinstance(owner, type):
+        return f"{type(owner).__name__}.{name}"
+    return str(getattr(fn, "__qualname__", None) or name or repr(fn))
 
 
 def _parameters(fn: c.Callable[..., t.Any], label: str) -> list[inspect.Parameter]:
     try:
         return list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError) as err:
-        raise HookError(f"cannot read the signature of {label}: {err}") from err
+        raise HookError(
+            f"cannot read the signature of {label}: {err}; wrap it in a Python function"
+        ) from err
+
+
+def _failed(err: BaseException, r: _Receiver, kwargs: dict[str, t.Any]) -> None:
+    """Explain ``err``, raised by the call of ``r`` in a dispatcher (the error path only).
+
+    A ``KeyError`` or ``TypeError`` raised by the call itself (not inside the receiver: the
+    traceback ends in the dispatcher's frame) means the call of the hook did not pass what the
+    receiver requires; that becomes a :class:`HookError`. Anything else gets a note naming the
+    receiver and the hook, and the dispatcher re-raises it unchanged.
+    """
+    tb = err.__traceback__
+    if isinstance(err, (KeyError, TypeError)) and (tb is None or tb.tb_next is None):
+        missing = r.needs(0, kwargs)
+        if missing:
+            raise r.missing_error(missing, kwargs) from None
+    _log.add_note(err, f"raised by {r.label} while handling hook {r.hook!r}")
+
+
+def _compile(name: str, receivers: tuple[_Receiver, ...]) -> _Dispatcher:
+    """A function calling ``receivers`` in order with the keywords each takes; see module doc.
+
+    One statement per receiver, each in a ``try`` that costs nothing until something raises.
+    """
+    namespace: dict[str, t.Any] = {"_failed": _failed, "_with_aliases": _with_aliases}
+    lines = ["def dispatch(kwargs):"]
+    for i, r in enumerate(receivers):
+        namespace[f"r{i}"] = r
+        namespace[f"o{i}"] = r.owner
+        lines += [
+            "    try:",
+            f"        x{i} = {r.call_source(f'f{i}', 0, namespace)}",
+            "    except BaseException as err:",
+            f"        _failed(err, r{i}, kwargs)",
+            "        raise",
+        ]
+    lines.append(f"    return [{', '.join(f'(o{i}, x{i})' for i in range(len(receivers)))}]")
+    code = compile("\n".join(lines), f"<loopkit dispatch {name!r}>", "exec")
+    exec(code, namespace)
+    dispatch: _Dispatcher = namespace["dispatch"]
+    return dispatch
 
 
 class Subscription:
-    """A handle on what one :meth:`Bus.connect` subscribed; ``disconnect()`` undoes it.
+    """A handle on what one :meth:`Bus.connect` subscribed; :meth:`remove` undoes it.
 
     Usable as a context manager: the subscription ends when the block exits.
     """
 
-    def __init__(self, bus: Bus, receivers: list[_Receiver], obj: object | None) -> None:
-        self._bus = bus
+    __slots__ = ("_bus", "_conn", "_receivers")
+
+    def __init__(self, bus: Bus, receivers: list[_Receiver], conn: _Connected | None) -> None:
+        self._bus: Bus | None = bus
         self._receivers = receivers
-        self._obj = obj
+        self._conn = conn
 
     @property
     def hooks(self) -> tuple[str, ...]:
-        """The hook names this subscription covers (for an object: those known so far)."""
-        return tuple(r.hook for r in self._receivers)
+        """Hook names covered: for an object, its declared hooks and custom names resolved yet."""
+        names = [r.hook for r in self._receivers]
+        if self._conn is not None:
+            names += [n for n, r in self._conn.custom.items() if r is not None]
+        return tuple(names)
 
-    def disconnect(self) -> None:
-        self._bus._disconnect(self._receivers, self._obj)
-        self._receivers = []
-        self._obj = None
+    @property
+    def active(self) -> bool:
+        """False once :meth:`remove` has run."""
+        return self._bus is not None
+
+    def remove(self) -> None:
+        """Unsubscribe everything this handle covers. Calling it again does nothing."""
+        if self._bus is not None:
+            self._bus._remove(self._receivers, self._conn)
+            self._bus = None
+
+    disconnect = remove
 
     def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.disconnect()
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"<Subscription {', '.join(self.hooks) or 'of nothing'} ({state})>"
 
 
-class _Connected(t.NamedTuple):
-    obj: object
-    priority: int
-    every: int | None
-    once: int | None
-    seq: int
-    receivers: list[_Receiver]
+class _Connected:
+    """An object connected whole: its filters apply to each of its hooks, custom ones included."""
+
+    __slots__ = ("obj", "priority", "every", "once", "seq", "receivers", "custom")
+
+    def __init__(self, obj: object, priority: int, every: int | None, once: int | None) -> None:
+        self.obj = obj
+        self.priority = priority
+        self.every = every
+        self.once = once
+        self.seq = next(_seq)
+        self.receivers: list[_Receiver] = []
+        #: custom hook name -> the object's receiver for it (None: it has no such method).
+        self.custom: dict[str, _Receiver | None] = {}
+
+
+# -- policy -------------------------------------------------------------------------------------
 
 
 class Bus:
@@ -158,32 +310,36 @@ class Bus:
         self._signals = blinker.Namespace()
         self._fires: set[str] = set()
         self._objects: list[_Connected] = []
-        #: hook name -> receivers in dispatch order; the hot path reads only this.
-        self._cache: dict[str, tuple[_Receiver, ...]] = {}
-        self._gated: set[str] = set()
-        self._counts: dict[str, int] = {}
+        #: hook name -> its receivers in dispatch order; () when nobody listens.
+        self._ordered: dict[str, tuple[_Receiver, ...]] = {}
+        #: hook name -> compiled dispatcher (None: nobody listens); the hot path reads only this.
+        self._dispatchers: dict[str, _Dispatcher | None] = {}
+        #: hook names with an ``every``/``once`` receiver.
+        self._filtered: set[str] = set()
         self.add_fired(fires)
 
-    # -- subscription (policy) -------------------------------------------------------------
+    def __repr__(self) -> str:
+        hooks = sorted(n for n, s in self._signals.items() if s.receivers)
+        return f"<Bus: {len(self._objects)} object(s); hooks with receivers: {hooks}>"
 
-    def signal(self, name: str) -> blinker.NamedSignal:
-        """The blinker signal holding ``name``'s subscriptions on this bus."""
-        return self._signals.signal(name)
+    @property
+    def fires(self) -> frozenset[str]:
+        """The declared hooks this bus's owner fires itself (receivers are checked against them)."""
+        return frozenset(self._fires)
 
     def add_fired(self, names: c.Iterable[str]) -> None:
         """Declare that this bus's owner fires ``names`` itself, validating current receivers."""
-        names = set(names) - self._fires
-        unknown = sorted(n for n in names if n not in HOOKS)
+        new = set(names) - self._fires
+        unknown = sorted(n for n in new if n not in HOOKS)
         if unknown:
-            raise ValueError(f"not declared in loopkit.hooks: {', '.join(unknown)}")
-        self._fires |= names
-        for conn in self._objects:
-            for r in conn.receivers:
-                if r.hook in names:
-                    self._validate(r)
-        for name in names:
-            for r in self._receivers_of(name):
-                self._validate(r)
+            raise ValueError(
+                f"not declared in loopkit.hooks: {', '.join(unknown)}; a bus promises to fire "
+                "declared hooks only (custom names need no promise)"
+            )
+        for name in sorted(new):
+            for r in self._subscribed(name):
+                _validate(r, name)
+        self._fires |= new
 
     def connect(
         self,
@@ -196,222 +352,288 @@ class Bus:
     ) -> Subscription:
         """Subscribe ``target`` and return a handle that can undo it.
 
-        With ``hook``, ``target`` is a callable subscribed to that one name. Without, ``target``
-        is an object: each of its methods named as a declared hook is subscribed now, and any
-        other method runs when its name is fired with :meth:`call`.
+        With ``hook``, ``target`` is a callable subscribed to that one name (declared or not).
+        Without, ``target`` is an object: each of its methods named as a declared hook is
+        subscribed now, and any other method runs when its name is fired with :meth:`call`.
+        Methods marked with :func:`loopkit.hooks.default_hook` are skipped.
 
-        ``every=N`` runs the receiver on the N-th, 2N-th, ... firing of the hook on this bus;
-        ``once=N`` only on the N-th. Both are counted by the bus.
+        ``priority``: higher runs first; equal priorities run in registration order.
+        ``every=N`` runs the receiver on the N-th, 2N-th, ... firing of the hook after it
+        subscribed; ``once=N`` only on the N-th. The bus counts the firings.
+
+        Raises :class:`HookError` when a receiver of a hook this bus :attr:`fires` requires a
+        parameter the hook does not pass; nothing is subscribed then.
         """
-        for key, value in (("every", every), ("once", once)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+        _check_options(priority, every, once)
         if hook is not None:
+            if not isinstance(hook, str) or not hook.isidentifier():
+                raise ValueError(f"a hook name is an identifier string, got {hook!r}")
             if not callable(target):
-                raise TypeError(f"connect({target!r}, {hook!r}): a hook receiver must be callable")
-            receiver = _Receiver(target, target, hook, priority, every, once)
+                raise TypeError(
+                    f"connect({target!r}, {hook!r}): a receiver of one hook must be callable"
+                )
+            # A bound method's owner is its object, so disconnect(obj) removes it too.
+            owner = _owner_of(target)
+            receiver = _Receiver(target, owner, hook, priority, every, once)
+            _validate(receiver, hook if hook in self._fires else None)
+            if hook not in HOOKS:
+                _warn_near_miss(hook, receiver.label, stacklevel=3)
             self._add(receiver)
             return Subscription(self, [receiver], None)
-        if callable(target) and not hasattr(target, "__dict__") and not hasattr(target, "__slots__"):
-            raise TypeError(f"connect({target!r}) needs a hook name for a plain callable")
+        if isinstance(target, type):
+            raise TypeError(
+                f"connect({target.__name__}) got a class; connect an instance: "
+                f"connect({target.__name__}())"
+            )
+        if inspect.isroutine(target) or isinstance(target, functools.partial):
+            raise TypeError(
+                f"connect({_describe(t.cast(t.Callable[..., t.Any], target), target)}) needs the "
+                "name of the hook to subscribe it to, as in connect(fn, 'on_train_epoch_end')"
+            )
         if any(conn.obj is target for conn in self._objects):
-            raise ValueError(f"{type(target).__name__} instance is already connected to this bus")
-        receivers: list[_Receiver] = []
+            raise ValueError(
+                f"this {type(target).__name__} instance is already connected to this bus"
+            )
+        conn = _Connected(target, priority, every, once)
         for name in _hook_methods(target):
-            fn = getattr(target, name)
-            receivers.append(_Receiver(fn, target, name, priority, every, once))
-        for r in receivers:
-            self._validate(r)
-        conn = _Connected(target, priority, every, once, next(_seq), receivers)
+            conn.receivers.append(
+                _Receiver(getattr(target, name), target, name, priority, every, once, conn.seq)
+            )
+        for r in conn.receivers:  # all or nothing: validate before subscribing any
+            _validate(r, r.hook if r.hook in self._fires else None)
         self._objects.append(conn)
-        for r in receivers:
-            self._add(r, validated=True)
+        for r in conn.receivers:
+            self._add(r)
         # Custom names resolved earlier may now have one more receiver.
-        self._cache = {k: v for k, v in self._cache.items() if k in HOOKS}
-        return Subscription(self, receivers, target)
+        self._forget(n for n in self._ordered if n not in HOOKS)
+        return Subscription(self, conn.receivers, conn)
 
     def disconnect(self, target: object) -> None:
-        """Remove every subscription of ``target`` (an object or a callable)."""
-        for conn in list(self._objects):
-            if conn.obj is target:
-                self._disconnect(conn.receivers, target)
+        """Remove every subscription of ``target`` (an object, or a callable connected to hooks)."""
+        for conn in [conn for conn in self._objects if conn.obj is target]:
+            self._remove(conn.receivers, conn)
         for name in list(self._signals):
-            for r in self._receivers_of(name):
-                if r.fn is target or r.owner is target:
-                    self._disconnect([r], None)
+            doomed = [r for r in self._subscribed(name) if r.owner is target or r.fn == target]
+            if doomed:
+                self._remove(doomed, None)
 
     def receivers(self, name: str) -> tuple[c.Callable[..., t.Any], ...]:
-        """The callables that :meth:`call` would run for ``name``, in order."""
-        return tuple(r.fn for r in self._dispatch_list(name))
+        """The callables that :meth:`call` would run for ``name``, in order (filters aside)."""
+        return tuple(r.fn for r in self._receivers_of(name))
 
-    def _add(self, receiver: _Receiver, *, validated: bool = False) -> None:
-        if not validated:
-            self._validate(receiver)
-        self.signal(receiver.hook).connect(receiver, weak=False)
-        self._invalidate(receiver.hook)
+    def _add(self, receiver: _Receiver) -> None:
+        self._signals.signal(receiver.hook).connect(receiver, weak=False)
+        self._forget([receiver.hook])
 
-    def _disconnect(self, receivers: list[_Receiver], obj: object | None) -> None:
+    def _remove(self, receivers: list[_Receiver], conn: _Connected | None) -> None:
+        if conn is not None:
+            receivers = [*receivers, *(r for r in conn.custom.values() if r is not None)]
+            self._objects = [other for other in self._objects if other is not conn]
+            self._forget(n for n in self._ordered if n not in HOOKS)
         for r in receivers:
-            self.signal(r.hook).disconnect(r)
-            self._invalidate(r.hook)
-        if obj is not None:
-            self._objects = [conn for conn in self._objects if conn.obj is not obj]
-            self._cache = {k: v for k, v in self._cache.items() if k in HOOKS}
+            if r.hook in self._signals:
+                self._signals[r.hook].disconnect(r)
+        self._forget(r.hook for r in receivers)
 
-    def _invalidate(self, name: str) -> None:
-        self._cache.pop(name, None)
+    def _forget(self, names: c.Iterable[str]) -> None:
+        """Drop what is cached for ``names``; the next call rebuilds it."""
+        for name in set(names):
+            self._ordered.pop(name, None)
+            self._dispatchers.pop(name, None)
 
-    def _receivers_of(self, name: str) -> list[_Receiver]:
+    def _subscribed(self, name: str) -> list[_Receiver]:
         if name not in self._signals:
             return []
-        return [r for r in self.signal(name).receivers.values() if isinstance(r, _Receiver)]
+        return [r for r in self._signals[name].receivers.values() if isinstance(r, _Receiver)]
 
-    def _validate(self, r: _Receiver) -> None:
-        if r.hook not in self._fires:
-            return
-        spec = HOOKS[r.hook]
-        missing = sorted(r.required - set(spec.params))
-        if missing:
-            raise HookError(
-                f"{r.label} requires parameter(s) {', '.join(map(repr, missing))}, but the loop "
-                f"fires {r.hook!r} with ({', '.join(spec.params)}). Give "
-                f"{'it' if len(missing) == 1 else 'them'} a default, or rename to one of those."
-            )
-
-    def _dispatch_list(self, name: str) -> tuple[_Receiver, ...]:
-        receivers = self._cache.get(name)
-        if receivers is None:
-            receivers = self._build(name)
-        return receivers
-
-    def _build(self, name: str) -> tuple[_Receiver, ...]:
-        found = self._receivers_of(name)
+    def _receivers_of(self, name: str) -> tuple[_Receiver, ...]:
+        ordered = self._ordered.get(name)
+        if ordered is not None:
+            return ordered
         if name not in HOOKS:
-            # A custom name: every connected object with a real method of that name runs.
+            # A custom name: every connected object with a real method of that name runs. Its
+            # receiver is prepared once and kept with the object, so filters keep counting.
             for conn in self._objects:
-                if any(r.hook == name for r in conn.receivers):
-                    continue
-                fn = getattr(conn.obj, name, None)
-                if callable(fn) and not is_default_hook(fn):
-                    r = _Receiver(fn, conn.obj, name, conn.priority, conn.every, conn.once)
-                    r.seq = conn.seq
-                    found.append(r)
-        ordered = tuple(sorted(found, key=lambda r: (-r.priority, r.seq)))
-        self._cache[name] = ordered
+                if name not in conn.custom:
+                    found = conn.custom[name] = _resolve_custom(conn, name)
+                    if found is not None:
+                        self._signals.signal(name).connect(found, weak=False)
+        ordered = tuple(sorted(self._subscribed(name), key=lambda r: (-r.priority, r.seq)))
+        self._ordered[name] = ordered
         if any(r.every is not None or r.once is not None for r in ordered):
-            self._gated.add(name)
+            self._filtered.add(name)
         else:
-            self._gated.discard(name)
+            self._filtered.discard(name)
         return ordered
 
-    # -- dispatch (hot path) ---------------------------------------------------------------
+    def _dispatcher(self, name: str) -> _Dispatcher | None:
+        receivers = self._receivers_of(name)
+        dispatch: _Dispatcher | None
+        if not receivers:
+            dispatch = None
+        elif name in self._filtered:
+            dispatch = functools.partial(self._call_general, name, ())
+        else:
+            dispatch = _compile(name, receivers)
+        self._dispatchers[name] = dispatch
+        return dispatch
+
+    # -- dispatch (hot path) --------------------------------------------------------------------
 
     def call(self, name: str, /, *args: t.Any, **kwargs: t.Any) -> list[tuple[object, t.Any]]:
         """Run every receiver of ``name``; return ``(owner, result)`` pairs in call order.
 
-        Positional ``args`` are passed to every receiver as given; each keyword argument only
-        to receivers whose signature names it. An exception from a receiver propagates with a
-        note naming the receiver and the hook.
+        ``owner`` is the connected object (for a function connected to one hook, the function;
+        for a bound method, its object). Positional ``args`` are passed to every receiver as
+        given; each keyword argument only to receivers whose signature names it (or takes
+        ``**kwargs``). A receiver requiring a keyword the call did not pass raises
+        :class:`HookError`. Any other exception from a receiver propagates unchanged, with a note
+        naming the receiver and the hook.
         """
-        receivers = self._cache.get(name)
-        if receivers is None:
-            receivers = self._build(name)
-        if not receivers:
+        if args or _log.tracing:
+            return self._call_general(name, args, kwargs)
+        try:
+            dispatch = self._dispatchers[name]
+        except KeyError:
+            dispatch = self._dispatcher(name)
+        if dispatch is None:
             return []
-        if name in self._gated:
-            return self._call_gated(name, receivers, args, kwargs)
-        if _log.tracing:
-            return self._call_traced(name, receivers, args, kwargs)
+        return dispatch(kwargs)
+
+    def _call_general(
+        self, name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> list[tuple[object, t.Any]]:
+        """Dispatch with positional arguments, ``every``/``once`` filters, or tracing on."""
+        receivers: c.Sequence[_Receiver] = self._receivers_of(name)
+        if name in self._filtered:
+            receivers = _open(receivers)
+        for r in receivers:  # check every receiver before any runs
+            missing = r.needs(len(args), kwargs)
+            if missing:
+                raise r.missing_error(missing, kwargs, len(args))
+        start = time.perf_counter()
         results = []
         for r in receivers:
             try:
-                if r.takes_all:
-                    out = r.fn(*args, **kwargs)
-                else:
-                    out = r.fn(*args, **{p: kwargs[k] for p, k in r.pairs if k in kwargs})
+                out = r.invoke(args, kwargs)
             except BaseException as err:
-                if isinstance(err, TypeError):
-                    _check_arguments(r, args, kwargs, err)
-                err.add_note(f"raised by {r.label} while handling hook {name!r}")
+                _log.add_note(err, f"raised by {r.label} while handling hook {name!r}")
                 raise
             results.append((r.owner, out))
-        return results
-
-    def _call_gated(
-        self,
-        name: str,
-        receivers: tuple[_Receiver, ...],
-        args: tuple[t.Any, ...],
-        kwargs: dict[str, t.Any],
-    ) -> list[tuple[object, t.Any]]:
-        count = self._counts[name] = self._counts.get(name, 0) + 1
-        open_ = tuple(
-            r
-            for r in receivers
-            if (r.every is None or count % r.every == 0) and (r.once is None or count == r.once)
-        )
-        if not open_:
-            return []
-        self._cache[name], saved = open_, receivers
-        self._gated.discard(name)
-        try:
-            return self.call(name, *args, **kwargs)
-        finally:
-            self._cache[name] = saved
-            self._gated.add(name)
-
-    def _call_traced(
-        self,
-        name: str,
-        receivers: tuple[_Receiver, ...],
-        args: tuple[t.Any, ...],
-        kwargs: dict[str, t.Any],
-    ) -> list[tuple[object, t.Any]]:
-        _log.tracing = False  # avoid tracing the nested call itself
-        start = time.perf_counter()
-        try:
-            return self.call(name, *args, **kwargs)
-        finally:
-            _log.tracing = True
+        if _log.tracing:
             _log.logger().debug(
                 "hook",
                 hook=name,
                 receivers=[r.label for r in receivers],
                 us=round((time.perf_counter() - start) * 1e6, 1),
             )
+        return results
 
 
-def _check_arguments(
-    r: _Receiver, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], err: TypeError
-) -> None:
-    # Only reached when a receiver raised TypeError: tell apart "the caller did not pass what
-    # the receiver requires" from a TypeError raised inside the receiver's own code.
-    missing = r.missing(args, kwargs)
-    if missing and not r.takes_all:
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _owner_of(fn: t.Any) -> object:
+    return fn.__self__ if inspect.ismethod(fn) else fn
+
+
+def _resolve_custom(conn: _Connected, name: str) -> _Receiver | None:
+    fn = getattr(conn.obj, name, None)
+    if not callable(fn) or is_default_hook(fn):
+        return None
+    return _Receiver(fn, conn.obj, name, conn.priority, conn.every, conn.once, conn.seq)
+
+
+def _open(receivers: c.Sequence[_Receiver]) -> list[_Receiver]:
+    """Count one firing for each filtered receiver; return those that run on it."""
+    out = []
+    for r in receivers:
+        if r.every is None and r.once is None:
+            out.append(r)
+            continue
+        r.fired += 1
+        if (r.every is not None and r.fired % r.every == 0) or r.fired == r.once:
+            out.append(r)
+    return out
+
+
+def _check_options(priority: int, every: int | None, once: int | None) -> None:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise TypeError(f"priority must be an int, got {priority!r}")
+    for key, value in (("every", every), ("once", once)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+    if every is not None and once is not None:
+        raise ValueError(
+            f"pass every= or once=, not both (got every={every}, once={once}); connect twice "
+            "for both behaviours"
+        )
+
+
+def _validate(r: _Receiver, fired: str | None) -> None:
+    """Reject ``r`` when this bus's owner fires ``fired`` without a parameter ``r`` requires."""
+    if fired is None:
+        return
+    spec = HOOKS[fired]
+    missing = r.needs(0, spec.params)
+    if missing:
         raise HookError(
-            f"{r.label} requires {', '.join(map(repr, missing))}, which the call of hook "
-            f"{r.hook!r} did not pass (it passed {', '.join(kwargs) or 'no keyword arguments'})"
-        ) from err
+            f"{r.label} requires parameter(s) {', '.join(map(repr, missing))}, but the loop "
+            f"fires {fired!r} with ({', '.join(spec.params)}) as keywords. Give "
+            f"{'it' if len(missing) == 1 else 'them'} a default, or take only parameters "
+            "from that list."
+        )
 
 
 def _hook_methods(obj: object) -> list[str]:
     """Names of ``obj``'s methods that subscribe to declared hooks; warns on near-misses."""
     names = []
-    for name in dir(type(obj)):
-        if not name.startswith("on_"):
+    for name in dir(obj):
+        if name not in HOOKS and not name.startswith("on_"):
             continue
         fn = getattr(obj, name, None)
         if not callable(fn) or is_default_hook(fn):
             continue
         if name in HOOKS:
             names.append(name)
-            continue
-        close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.85)
-        if close:
-            warnings.warn(
-                f"{type(obj).__name__}.{name} is not a loopkit hook and will only run when "
-                f"fired by name with call(); did you mean {close[0]!r}?",
-                UserWarning,
-                stacklevel=3,
-            )
+        else:
+            _warn_near_miss(name, f"{type(obj).__name__}.{name}", stacklevel=4)
     return names
+
+
+def _warn_near_miss(name: str, label: str, stacklevel: int) -> None:
+    nearest = _nearest_hook(name)
+    if nearest is not None:
+        warnings.warn(
+            f"{label} is not a loopkit hook: did you mean {nearest!r}? As written it runs only "
+            f"when user code fires {name!r} by name with call().",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+def _nearest_hook(name: str) -> str | None:
+    """The declared hook within edit distance 2 of ``name`` (None when there is none)."""
+    best, best_distance = None, 3
+    for hook in HOOKS:
+        d = _distance(name, hook, 2)
+        if d < best_distance:
+            best, best_distance = hook, d
+    return best
+
+
+def _distance(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance between ``a`` and ``b``; anything above ``limit`` is ``limit + 1``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return min(previous[-1], limit + 1)

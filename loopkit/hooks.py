@@ -2,27 +2,29 @@
 
 This module is data. It imports nothing heavy and runs nothing: the bus (:mod:`loopkit.events`)
 reads it to validate receivers at connect time and to suggest the right name for a misspelt one.
+It must never import torch or any other part of loopkit.
 
 The whole loop, as the Trainer runs it, with every hook where it fires::
 
     on_fit_start
     on_train_start
-    for epoch in epochs:                          # until max_epochs, max_steps or should_stop
+    for epoch in epochs:                       # until max_epochs, max_steps or should_stop
         on_train_epoch_start
         for batch_idx, batch in train_dataloader:
-            on_train_batch_start                  # returning -1 ends the epoch early
-        should_optimizer_step                 # a query: any receiver returning False makes
-                                              # this batch accumulate (no step, no zero_grad)
-            # automatic optimization, per optimizer (closure run by optimizer.step):
+            on_train_batch_start               # a receiver returning -1 ends the epoch early
+            should_optimizer_step              # query: any receiver returning False makes this
+                                               # batch accumulate (backward, but no step and
+                                               # no zero_grad)
+            # automatic optimization, for each optimizer (optimizer.step runs the closure):
                 out = training_step(batch, batch_idx[, optimizer_idx])
-                on_before_zero_grad
+                on_before_zero_grad            # only when this batch steps
                 optimizer.zero_grad()
-                on_before_backward                # loss as the loop will differentiate it
-                backward(loss)                    # the "backward" phase contexts wrap this
-                on_after_backward                 # gradients populated (unscaled under 16-mixed)
-                on_before_optimizer_step          # gradients unscaled, before clipping
-                optimizer.step()                  # the "optimizer_step" phase contexts wrap this
-                on_optimizer_step                 # after the step: weights have changed
+                on_before_backward             # loss as the loop will differentiate it
+                backward(loss)                 # inside the "backward" phase contexts
+                on_after_backward              # gradients populated (still scaled under 16-mixed)
+                on_before_optimizer_step       # gradients unscaled, before clipping
+                optimizer.step()               # inside the "optimizer_step" phase contexts
+                on_optimizer_step              # after the step: the weights have changed
             on_train_batch_end
             if validation is due:
                 on_validation_start
@@ -37,35 +39,42 @@ The whole loop, as the Trainer runs it, with every hook where it fires::
     on_train_end
     on_fit_end
 
-    on_save_checkpoint                            # whenever a checkpoint dict is assembled
-    on_load_checkpoint                            # whenever a checkpoint dict is restored
-    on_exception                                  # an exception is leaving the loop
+    on_after_setup                             # fabric.setup() has wrapped a module
+    on_save_checkpoint                         # a checkpoint dict is being assembled
+    on_load_checkpoint                         # a checkpoint dict is being restored
+    on_exception                               # an exception is leaving the loop
 
 In manual optimization the loop calls ``training_step`` and nothing of the optimizer block: the
 step hooks fire when the user calls ``manual_backward`` and ``optimizer.step()`` themselves.
 
-A Fabric loop is written by the user; Fabric itself fires only the hooks of the optimization step
-(``on_after_setup`` in ``setup``, ``on_before_backward``/``on_after_backward`` in
-``fabric.backward``, ``on_before_zero_grad`` in ``optimizer.zero_grad``,
-``on_before_optimizer_step``/``on_optimizer_step`` in ``optimizer.step``). Every other name is
-the user's to fire with ``fabric.call``, with whatever arguments the user passes.
+A Fabric loop is written by the user. Fabric itself fires only the hooks of
+:data:`FABRIC_FIRES`: ``on_after_setup`` in ``setup``, ``on_before_backward`` and
+``on_after_backward`` in ``fabric.backward``, ``on_before_zero_grad`` in
+``optimizer.zero_grad``, ``on_before_optimizer_step`` and ``on_optimizer_step`` in
+``optimizer.step``. Every other name, declared here or not, is the user's to fire with
+``fabric.call``, with whatever arguments the user passes.
 
-Which hooks still fire when training stops:
+Which hooks still fire when training stops early or fails:
 
-==========================  ==============  ==================  =====================
-hook                        normal end      ``should_stop``     exception raised
-==========================  ==============  ==================  =====================
-on_train_batch_end          yes             yes (that batch)    no
-on_validation_* (due)       yes             yes                 no
-on_train_epoch_end          yes             yes                 no
-on_train_end                yes             yes                 no
-on_fit_end                  yes             yes                 no
-on_exception                no              no                  yes, then re-raised
-==========================  ==============  ==================  =====================
+========================  ==========  =====================  ======================  ==========
+hook                      normal end  ``max_steps`` reached  batch start returns -1  exception
+                                      or ``should_stop``
+========================  ==========  =====================  ======================  ==========
+on_train_batch_end        yes         yes, for that batch    no, for that batch      no
+on_validation_* (if due)  yes         yes                    at the epoch's end      no
+on_train_epoch_end        yes         yes                    yes                     no
+on_train_end              yes         yes                    yes (at the end)        no
+on_fit_end                yes         yes                    yes (at the end)        no
+on_exception              no          no                     no                      yes
+========================  ==========  =====================  ======================  ==========
 
-``should_stop`` (set by a callback or the module) is read after every batch: the current batch
-finishes, ``on_train_epoch_end`` fires, and training ends as if ``max_epochs`` were reached.
-``max_steps`` behaves the same way. A ``KeyboardInterrupt`` is an exception like any other.
+``should_stop`` (set by a callback or the module) and ``max_steps`` are read after every batch:
+the current batch finishes, ``on_train_epoch_end`` fires, and training ends as if
+``max_epochs`` were reached. A receiver of ``on_train_batch_start`` returning ``-1`` skips the
+rest of the current epoch only; the next epoch starts as usual. When an exception (a
+``KeyboardInterrupt`` included) leaves the loop, ``on_exception`` fires with it and the
+exception is then re-raised unchanged; no ``*_end`` hook fires after it. An exception raised by
+a receiver carries a note naming the receiver and the hook (see :mod:`loopkit.events`).
 
 Parameters: every hook is fired with keyword arguments; a receiver takes any subset of them by
 naming them (``pl_module`` is accepted as an alias of ``module``, as Lightning callbacks spell
@@ -78,28 +87,41 @@ import collections.abc as c
 import typing as t
 from dataclasses import dataclass
 
-__all__ = ["ALIASES", "FABRIC_FIRES", "HOOKS", "HookSpec", "default_hook", "is_default_hook"]
+__all__ = [
+    "ALIASES",
+    "FABRIC_FIRES",
+    "HOOKS",
+    "TRAINER_FIRES",
+    "HookSpec",
+    "default_hook",
+    "is_default_hook",
+]
 
 _F = t.TypeVar("_F", bound=c.Callable[..., t.Any])
 
 
 @dataclass(frozen=True, slots=True)
 class HookSpec:
-    """A declared hook: its name, the keyword arguments the kernel passes, and when it fires."""
+    """A declared hook: its name, the keyword arguments the kernel passes, and when it fires.
+
+    ``returns`` is empty for a notification (what receivers return is ignored) and says what the
+    loop does with the results for a query such as ``should_optimizer_step``.
+    """
 
     name: str
     params: tuple[str, ...]
     fires: str
+    returns: str = ""
 
 
-def _spec(name: str, params: str, fires: str) -> tuple[str, HookSpec]:
-    return name, HookSpec(name, tuple(params.split()), fires)
+def _spec(name: str, params: str, fires: str, returns: str = "") -> tuple[str, HookSpec]:
+    return name, HookSpec(name, tuple(params.split()), fires, returns)
 
 
 _LOOP = "trainer module"
 _STEP = "fabric trainer module"
 
-#: Every hook the kernel's loops fire, by name.
+#: Every hook the kernel's loops fire, by name, in the order the loop reaches them.
 HOOKS: c.Mapping[str, HookSpec] = dict(
     [
         _spec("on_fit_start", _LOOP, "first thing in fit(), after setup"),
@@ -108,10 +130,13 @@ HOOKS: c.Mapping[str, HookSpec] = dict(
         _spec("on_train_end", _LOOP, "after the last training epoch"),
         _spec("on_train_epoch_start", _LOOP, "at the start of each training epoch"),
         _spec("on_train_epoch_end", _LOOP, "at the end of each training epoch"),
-        _spec("on_train_batch_start", f"{_LOOP} batch batch_idx", "before training_step"),
         _spec(
-            "on_train_batch_end", f"{_LOOP} outputs batch batch_idx", "after the batch's step"
+            "on_train_batch_start",
+            f"{_LOOP} batch batch_idx",
+            "before training_step",
+            "-1 from any receiver skips the rest of the epoch",
         ),
+        _spec("on_train_batch_end", f"{_LOOP} outputs batch batch_idx", "after the batch's step"),
         _spec("on_validation_start", _LOOP, "before a validation run"),
         _spec("on_validation_end", _LOOP, "after a validation run"),
         _spec("on_validation_epoch_start", _LOOP, "before the first validation batch"),
@@ -129,7 +154,8 @@ HOOKS: c.Mapping[str, HookSpec] = dict(
         _spec(
             "should_optimizer_step",
             f"{_LOOP} batch_idx",
-            "query, automatic optimization, before training_step: False means accumulate",
+            "before training_step, in automatic optimization",
+            "False from any receiver makes this batch accumulate: no step, no zero_grad",
         ),
         _spec("on_before_zero_grad", f"{_STEP} optimizer", "before optimizer.zero_grad()"),
         _spec("on_before_backward", f"{_STEP} loss", "before the backward pass"),
@@ -156,6 +182,9 @@ FABRIC_FIRES: frozenset[str] = frozenset(
         "on_optimizer_step",
     }
 )
+
+#: Hooks a Trainer built on the kernel's loop fires itself: every declared hook.
+TRAINER_FIRES: frozenset[str] = frozenset(HOOKS)
 
 #: Receiver parameter names accepted in place of a hook's own parameter name.
 ALIASES: c.Mapping[str, str] = {"pl_module": "module"}
