@@ -6,6 +6,9 @@ dispatches. Subcommands import what they need when they run, so ``loopkit --help
 
 - ``loopkit plugins``: list installed plugins (name, kind, distribution, version, whether it
   loads); exits with 1 when any fails to load.
+- ``loopkit run``: torch's elastic launcher (``torch.distributed.run``, what ``torchrun`` runs)
+  with the script's Fabric/Trainer options passed through ``LOOPKIT_*`` environment variables,
+  so a script written for one device runs unchanged on several (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -53,6 +56,138 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0 if all(r.loads == "ok" for r in rows) else 1
 
 
+# -- loopkit run ------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _devices(text: str) -> int | str:
+    return text if text == "auto" else _positive(text)
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="launch a script on several devices/nodes (torch's elastic launcher)",
+        description=(
+            "Run SCRIPT in one process per device with torch.distributed.run (what torchrun "
+            "runs), passing the script's Fabric/Trainer options through LOOPKIT_* environment "
+            "variables: arguments the script leaves at their defaults take them, so the script "
+            "needs no change. A failing rank ends the others; the first failure, with its rank, "
+            "is reported last, and the exit status is 1."
+        ),
+    )
+    p.add_argument("--accelerator", help="cpu, cuda, gpu, mps or auto (LOOPKIT_ACCELERATOR)")
+    p.add_argument(
+        "--devices", type=_devices, default=1,
+        help="processes per node: an int, or auto (every GPU, else 1) (LOOPKIT_DEVICES)",
+    )  # fmt: skip
+    p.add_argument("--num-nodes", type=_positive, default=1, help="number of nodes")
+    p.add_argument("--node-rank", type=int, default=0, help="this node's rank (0..num-nodes-1)")
+    p.add_argument("--main-address", help="address of the node with rank 0 (several nodes)")
+    p.add_argument("--main-port", type=int, help="a free port on the main node (several nodes)")
+    p.add_argument("--strategy", help="ddp, fsdp, ... (LOOPKIT_STRATEGY; default ddp)")
+    p.add_argument("--precision", help="32-true, bf16-mixed, ... (LOOPKIT_PRECISION)")
+    p.add_argument(
+        "-m", "--module", action="store_true", help="SCRIPT is a module name, as for python -m"
+    )  # fmt: skip
+    p.add_argument("script", help="the training script (or module with -m)")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments of the script")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+    import typing as t
+
+    from loopkit.plugins import KNOWN, registry
+
+    def fail(message: str) -> int:
+        print(f"loopkit run: {message}", file=sys.stderr)
+        return 2
+
+    if not 0 <= args.node_rank < args.num_nodes:
+        return fail(f"--node-rank {args.node_rank} is outside 0..{args.num_nodes - 1}")
+    if args.num_nodes > 1 and not args.main_address:
+        return fail(
+            f"--num-nodes {args.num_nodes} needs --main-address (the address of the node started "
+            "with --node-rank 0) and the same --main-port on every node"
+        )
+    if not args.module and not os.path.isfile(args.script):
+        return fail(f"no script {args.script!r} (pass -m to run a module)")
+    devices = args.devices
+    if devices == "auto":
+        import torch
+
+        wants_gpu = args.accelerator in (None, "auto", "cuda", "gpu")
+        devices = torch.cuda.device_count() if wants_gpu and torch.cuda.is_available() else 1
+    strategy = args.strategy
+    if strategy is None and devices * args.num_nodes > 1:
+        strategy = "ddp"
+    if strategy is not None and strategy not in registry():
+        hint = KNOWN.get(strategy)
+        return fail(
+            f"no strategy named {strategy!r} is installed"
+            + (f"; it is provided by {hint[1]}: pip install {hint[1]}" if hint else "")
+        )
+    settings = {
+        "LOOPKIT_ACCELERATOR": args.accelerator,
+        "LOOPKIT_DEVICES": str(devices),
+        "LOOPKIT_NUM_NODES": str(args.num_nodes),
+        "LOOPKIT_STRATEGY": strategy,
+        "LOOPKIT_PRECISION": args.precision,
+    }
+    for key, value in settings.items():
+        if value is not None:
+            os.environ[key] = value  # the launcher's workers inherit its environment
+
+    from torch.distributed import run as elastic
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    launcher_args = [
+        f"--nproc-per-node={devices}",
+        f"--nnodes={args.num_nodes}",
+        f"--node-rank={args.node_rank}",
+    ]
+    if args.main_address:
+        launcher_args.append(f"--master-addr={args.main_address}")
+    if args.main_port is not None:
+        launcher_args.append(f"--master-port={args.main_port}")
+    if args.module:
+        launcher_args.append("--module")
+    launcher_args += [args.script, *args.script_args]
+    try:
+        elastic.run(elastic.parse_args(launcher_args))  # type: ignore[no-untyped-call]
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        # The error file's message is a str, or a dict holding the message and the traceback.
+        message: t.Any = failure.message
+        trace = ""
+        if isinstance(message, dict):
+            trace = str(message.get("extraInfo", {}).get("py_callstack", ""))
+            message = message.get("message", "")
+        if failure.exitcode < 0:
+            how = f"was killed by signal {failure.signal_name()}"
+        else:
+            how = f"exited with code {failure.exitcode}"
+        lines = ["", f"loopkit run: rank {rank} (local rank {failure.local_rank}) failed first "
+                     f"and {how}" + (f": {message}" if message else "")]  # fmt: skip
+        if trace:
+            lines.append(trace.rstrip())
+        others = sorted(r for r in err.failures if r != rank)
+        if others:
+            lines.append(f"loopkit run: rank(s) {', '.join(map(str, others))} failed after it")
+        lines.append("loopkit run: the other ranks were ended")
+        print("\n".join(lines), file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 
@@ -61,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopkit", description="loopkit command line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_plugins(sub)
+    _add_run(sub)
     return parser
 
 
