@@ -7,10 +7,10 @@ import typing as t
 
 import pytest
 import torch
-from loopkit_accumulation import Accumulation
 from torch import nn
 
 from loopkit import Fabric
+from loopkit_accumulation import Accumulation
 
 pytest.importorskip("loopkit_toggling")
 
@@ -26,7 +26,10 @@ def make_gan() -> tuple[nn.Module, nn.Module]:
 
 def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(5)
-    return [(torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen)) for _ in range(BATCHES)]
+    return [
+        (torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen))
+        for _ in range(BATCHES)
+    ]
 
 
 def criterion(logits: torch.Tensor, target: float) -> torch.Tensor:

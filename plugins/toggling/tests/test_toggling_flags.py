@@ -6,10 +6,10 @@ import contextlib
 
 import pytest
 import torch
-from loopkit_toggling import Toggling
 from torch import nn
 
 from loopkit import Fabric, SingleDeviceStrategy, registry
+from loopkit_toggling import Toggling
 
 
 class Pair(nn.Module):
@@ -100,7 +100,7 @@ def test_paired_toggle_untoggle_and_nesting() -> None:
 
 def test_untoggle_without_toggle_is_a_clear_error() -> None:
     model = Pair()
-    opt_a, opt_b = model.optimizers()
+    opt_a, _ = model.optimizers()
     with pytest.raises(RuntimeError, match=r"untoggle_optimizer\(SGD\).*not toggled"):
         Toggling().untoggle_optimizer(model, opt_a)
 
@@ -111,9 +111,9 @@ def test_bad_input_errors_name_what_was_passed() -> None:
     tog = Toggling()
     with pytest.raises(TypeError, match="needs all_optimizers"):
         tog.toggle_optimizer(model, opt_a, None)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="optimizer must hold torch optimizers.*got str"):
+    with pytest.raises(TypeError, match=r"optimizer must hold torch optimizers.*got str"):
         tog.toggle_optimizer(model, "adam", [opt_a])  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="module must be the model.*got int"):
+    with pytest.raises(TypeError, match=r"module must be the model.*got int"):
         tog.toggle_optimizer(3, opt_a, [opt_a, opt_b])  # type: ignore[arg-type]
     assert flags(model)["b.weight"] is True  # nothing was changed by the failed calls
 

@@ -22,7 +22,10 @@ def make_gan() -> tuple[nn.Module, nn.Module]:
 
 def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(3)
-    return [(torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen)) for _ in range(BATCHES)]
+    return [
+        (torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen))
+        for _ in range(BATCHES)
+    ]
 
 
 def criterion(logits: torch.Tensor, target: float) -> torch.Tensor:
