@@ -25,6 +25,9 @@ _EXPORTS = {
     "Accelerator": "loopkit.accelerator",
     "CheckpointError": "loopkit.checkpoint",
     "set_debug": "loopkit._log",
+    "LoopModule": "loopkit.module",
+    "Trainer": "loopkit.trainer",
+    "Callback": "loopkit.callbacks",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -32,13 +35,16 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 if t.TYPE_CHECKING:
     from loopkit._log import set_debug
     from loopkit.accelerator import Accelerator
+    from loopkit.callbacks import Callback
     from loopkit.checkpoint import CheckpointError
     from loopkit.events import Bus, HookError
     from loopkit.fabric import Fabric, Phase
     from loopkit.hooks import HOOKS
+    from loopkit.module import LoopModule
     from loopkit.plugins import Plugin, registry
     from loopkit.precision import Precision
     from loopkit.strategy import SingleDeviceStrategy, Strategy
+    from loopkit.trainer import Trainer
 
 
 def __getattr__(name: str) -> t.Any:
