@@ -50,16 +50,25 @@ class AttributeDict(dict[str, t.Any]):
 
 
 def get_toggling(owner: t.Any) -> t.Any:
-    """The ``toggling`` plugin instance cached on ``owner`` (created on first use)."""
+    """The ``toggling`` plugin instance cached on ``owner`` (created on first use).
+
+    The instance named in ``plugins=`` is reused; otherwise one is created and attached to the
+    owner's Fabric, so that ``on_exception`` restores flags a paired toggle left changed.
+    """
     plugin = getattr(owner, "_toggling", None)
     if plugin is None:
-        try:
-            plugin = registry().create("subscriber", "toggling")
-        except PluginNotFoundError as err:
-            raise RuntimeError(
-                "toggle_optimizer(), untoggle_optimizer() and optimizer.toggle_model() need the "
-                f"optimizer-toggling plugin: pip install loopkit-toggling ({err})"
-            ) from err
+        fabric = getattr(owner, "fabric", None)
+        plugin = fabric.get_plugin("toggling") if fabric is not None else None
+        if plugin is None:
+            try:
+                plugin = registry().create("subscriber", "toggling")
+            except PluginNotFoundError as err:
+                raise RuntimeError(
+                    "toggle_optimizer(), untoggle_optimizer() and optimizer.toggle_model() need "
+                    f"the optimizer-toggling plugin: pip install loopkit-toggling ({err})"
+                ) from err
+            if fabric is not None:
+                fabric.add_plugin(plugin)
         owner._toggling = plugin
     return plugin
 

@@ -55,9 +55,9 @@ def frozen(params: t.Iterable[nn.Parameter]) -> t.Iterator[None]:
 
 
 def fit(module: LoopModule, **kwargs: t.Any) -> Trainer:
+    kwargs.setdefault("max_epochs", 2)
     trainer = Trainer(
         accelerator="cpu",
-        max_epochs=2,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -303,3 +303,31 @@ def test_toggle_outside_a_trainer_run_is_a_clear_error() -> None:
     module = ToggledGAN()
     with pytest.raises(RuntimeError, match="not attached to a Trainer"):
         module.toggle_optimizer(torch.optim.SGD(module.G.parameters(), lr=0.1))
+
+
+def test_paired_toggle_left_open_by_an_exception_is_restored() -> None:
+    class Crashing(ToggledGAN):
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            _, d_opt = self.optimizers()
+            self.toggle_optimizer(d_opt)
+            raise KeyError("boom")
+
+    module = Crashing()
+    with pytest.raises(KeyError, match="boom"):
+        fit(module)
+    assert all(p.requires_grad for p in module.parameters())
+
+
+def test_trainer_uses_the_instance_named_in_plugins() -> None:
+    from loopkit_toggling import Toggling
+
+    seen: list[bool] = []
+
+    class Watching(ToggledGAN):
+        def toggle_optimizer(self, optimizer):  # type: ignore[no-untyped-def]
+            super().toggle_optimizer(optimizer)
+            seen.append(self.trainer.fabric.get_plugin("toggling").is_toggled(optimizer))
+
+    trainer = fit(Watching(), plugins=["toggling"], max_epochs=1)
+    assert isinstance(trainer.fabric.get_plugin("toggling"), Toggling)
+    assert seen == [True] * 10
