@@ -56,10 +56,12 @@ def global_rank(host: object | None = None) -> int:
     return 0
 
 
-def scalar(name: str, value: object) -> float:
-    """``value`` as a Python number, or a TypeError naming the metric ``name``."""
+def scalar(name: str, value: object) -> float | int:
+    """``value`` as a Python number (ints stay ints), or a TypeError naming the metric."""
     if isinstance(value, bool):
-        return float(value)
+        return int(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
     item = getattr(value, "item", None)
@@ -68,6 +70,8 @@ def scalar(name: str, value: object) -> float:
         count = numel() if callable(numel) else numel
         if count in (None, 1):
             out = item()
+            if isinstance(out, (bool, numbers.Integral)):
+                return int(out)
             if isinstance(out, numbers.Real):
                 return float(out)
     raise TypeError(

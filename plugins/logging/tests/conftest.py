@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 import typing as t
 from pathlib import Path
 
@@ -79,6 +83,44 @@ def run_script(
         [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True,
         timeout=120,
     )
+
+
+def hparams_of(log_dir: Path) -> dict[str, object]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = HParamsPluginData.FromString(content).session_start_info
+    out: dict[str, object] = {}
+    for key, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        out[key] = getattr(value, kind)
+    return out
+
+
+def run_in_pty(code: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``code`` with stdin/stdout/stderr on a pseudo-terminal; return (exit code, output)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env={**os.environ, **(env or {})},
+        close_fds=True,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=120), b"".join(chunks).decode(errors="replace")
 
 
 @pytest.fixture(autouse=True)

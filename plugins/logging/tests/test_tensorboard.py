@@ -6,25 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import f32, fabric_run, scalars
+from conftest import f32, fabric_run, hparams_of, scalars
 
 import loopkit
 from loopkit_logging import CSVLogger, TensorBoardLogger
-
-
-def _hparams(log_dir: Path) -> dict[str, object]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-    acc = EventAccumulator(str(log_dir))
-    acc.Reload()
-    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    start = HParamsPluginData.FromString(content).session_start_info
-    out: dict[str, object] = {}
-    for key, value in start.hparams.items():
-        kind = value.WhichOneof("kind")
-        out[key] = getattr(value, kind)
-    return out
 
 
 def test_training_run_writes_the_scalar_series(tmp_path: Path) -> None:
@@ -43,7 +28,7 @@ def test_hyperparameters_are_readable_by_tensorboard(tmp_path: Path) -> None:
          "seed": torch.tensor(7)}
     )
     logger.finalize("success")
-    assert _hparams(logger.log_dir) == {
+    assert hparams_of(logger.log_dir) == {
         "lr": 0.1,
         "optimizer/name": "sgd",
         "optimizer/momentum": 0.9,
