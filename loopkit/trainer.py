@@ -646,7 +646,9 @@ class _AutomaticStep:
     def __call__(self, batch: t.Any, batch_idx: int) -> t.Any:
         if not self.optimizers:
             self.output = None
-            self._forward_backward(batch, batch_idx, 0, None, stepping=False, zero=False)
+            self._forward_backward(
+                batch, batch_idx, 0, None, stepping=False, zero=False, mark=False
+            )
             return _batch_output(self.output)
         accumulate = False
         for _, answer in self.bus.call(
@@ -672,13 +674,18 @@ class _AutomaticStep:
     ) -> t.Any:
         self.output = None
         if accumulate:
-            self._forward_backward(batch, batch_idx, idx, opt, stepping=False, zero=True)
+            self._forward_backward(
+                batch, batch_idx, idx, opt, stepping=False, zero=True, mark=False
+            )
             return _batch_output(self.output)
 
-        def closure() -> t.Any:
-            return self._forward_backward(batch, batch_idx, idx, opt, stepping=True, zero=True)
-
         style, epoch = self.style, self.progress.epoch
+
+        def closure() -> t.Any:
+            return self._forward_backward(
+                batch, batch_idx, idx, opt, stepping=True, zero=True, mark=style is not _V0
+            )
+
         try:
             if style is _DEFAULT:
                 opt.step(closure=closure)
@@ -693,7 +700,9 @@ class _AutomaticStep:
             else:
                 # The earliest API: training_step and backward ran before optimizer_step, which
                 # steps and zeroes itself; second_order_closure re-evaluates (LBFGS).
-                self._forward_backward(batch, batch_idx, idx, opt, stepping=True, zero=False)
+                self._forward_backward(
+                    batch, batch_idx, idx, opt, stepping=True, zero=False, mark=False
+                )
                 args = (epoch, batch_idx, opt, idx, closure)
                 self.step_hook(*args[: self.nargs])
         except _SkipBatch:
@@ -710,7 +719,14 @@ class _AutomaticStep:
         *,
         stepping: bool,
         zero: bool,
+        mark: bool,
     ) -> t.Any:
+        """training_step, zero_grad (at the start of a window), backward.
+
+        ``stepping``: run for a step (None from training_step abandons the step), else for an
+        accumulating batch. ``zero``: zero gradients first unless the window accumulated some.
+        ``mark``: count the batch as stepped (the closure ran inside a step).
+        """
         if self.pass_idx:
             out = self.call_step(batch, batch_idx, idx)
         else:
@@ -748,7 +764,7 @@ class _AutomaticStep:
         if not stepping:
             self.accumulated[idx] = True
         self.fabric.backward(loss, model=self.wrapped)
-        if stepping:
+        if mark:
             self.progress.stepped = True
         return loss
 
