@@ -108,3 +108,69 @@ def test_gan_with_toggling_and_accumulation_matches_the_plain_loop() -> None:
     # leak into the discriminator's accumulated gradients.
     _, d_untoggled = plain_gan(toggle=False)
     assert not torch.equal(d_untoggled[0].weight, d_ref[0].weight)
+
+
+# -- the same GAN in automatic optimization: each closure toggled, losses divided per window --
+
+
+def test_automatic_gan_with_accumulation_matches_the_plain_loop() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from loopkit import LoopModule, Trainer
+
+    class AutomaticGAN(LoopModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.G, self.D = make_gan()
+
+        def training_step(self, batch, batch_idx, optimizer_idx):  # type: ignore[no-untyped-def]
+            x, z = batch
+            if optimizer_idx == 0:
+                return criterion(self.D(self.G(z)), 1.0)
+            return criterion(self.D(x), 1.0) + criterion(self.D(self.G(z).detach()), 0.0)
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            return [
+                torch.optim.Adam(self.G.parameters(), lr=0.05),
+                torch.optim.Adam(self.D.parameters(), lr=0.05),
+            ]
+
+    module = AutomaticGAN()
+    xs, zs = zip(*data())
+    loader = DataLoader(TensorDataset(torch.cat(xs), torch.cat(zs)), batch_size=4)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=2, accumulate_grad_batches=2, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(module, loader)
+
+    generator, discriminator = make_gan()
+    opts = [
+        torch.optim.Adam(generator.parameters(), lr=0.05),
+        torch.optim.Adam(discriminator.parameters(), lr=0.05),
+    ]
+    batches = data()
+    for _ in range(2):
+        for batch_idx, (x, z) in enumerate(batches):
+            first = batch_idx % 2 == 0
+            last = (batch_idx + 1) % 2 == 0 or batch_idx == len(batches) - 1
+            window = min(2, len(batches) - (batch_idx - batch_idx % 2))
+            with frozen(discriminator.parameters()):
+                loss = criterion(discriminator(generator(z)), 1.0)
+                if first:
+                    opts[0].zero_grad()
+                (loss / window).backward()
+                if last:
+                    opts[0].step()
+            with frozen(generator.parameters()):
+                g_x = generator(z).detach()
+                loss = criterion(discriminator(x), 1.0) + criterion(discriminator(g_x), 0.0)
+                if first:
+                    opts[1].zero_grad()
+                (loss / window).backward()
+                if last:
+                    opts[1].step()
+    assert trainer.global_step == 6
+    mine = [*module.G.parameters(), *module.D.parameters()]
+    for p, q in zip(mine, [*generator.parameters(), *discriminator.parameters()]):
+        assert torch.equal(p, q)
