@@ -249,9 +249,7 @@ def test_max_epochs_and_max_steps_both_unset() -> None:
 def test_missing_optimizer_idx_with_several_optimizers() -> None:
     class Two(Regressor):
         def configure_optimizers(self) -> t.Any:
-            return torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.Adam(
-                self.parameters()
-            )
+            return torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.Adam(self.parameters())
 
     with pytest.raises(TypeError, match="takes no optimizer_idx") as info:
         trainer(max_epochs=1).fit(Two(), data())
