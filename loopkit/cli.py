@@ -171,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
         if isinstance(message, dict):
             trace = str(message.get("extraInfo", {}).get("py_callstack", ""))
             message = message.get("message", "")
+        if str(message).startswith("To enable traceback"):
+            message = "its traceback is above"  # the rank wrote no error file
         if failure.exitcode < 0:
             how = f"was killed by signal {failure.signal_name()}"
         else:
@@ -179,10 +181,10 @@ def _run(args: argparse.Namespace) -> int:
                      f"and {how}" + (f": {message}" if message else "")]  # fmt: skip
         if trace:
             lines.append(trace.rstrip())
-        others = sorted(r for r in err.failures if r != rank)
-        if others:
-            lines.append(f"loopkit run: rank(s) {', '.join(map(str, others))} failed after it")
-        lines.append("loopkit run: the other ranks were ended")
+        for other in sorted(r for r in err.failures if r != rank):
+            code = err.failures[other].exitcode
+            end = f"signal {err.failures[other].signal_name()}" if code < 0 else f"exit code {code}"
+            lines.append(f"loopkit run: rank {other} stopped after it ({end})")
         print("\n".join(lines), file=sys.stderr)
         return 1
     return 0

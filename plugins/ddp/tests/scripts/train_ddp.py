@@ -106,14 +106,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--count-allreduce", action="store_true")
     p.add_argument("--fail-rank", type=int, default=1)
     p.add_argument("--fail-step", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=None)
     args = p.parse_args(argv)
-    strategy = args.strategy
-    if args.timeout is not None:
-        from loopkit.plugins import registry
-
-        strategy = registry().create("strategy", strategy, timeout=args.timeout)
-    fabric = Fabric(accelerator="cpu", strategy=strategy, devices=args.devices)
+    fabric = Fabric(accelerator="cpu", strategy=args.strategy, devices=args.devices)
     if args.how == "spawn":
         result = fabric.launch(train, args)
         torch.save(result, os.path.join(args.out, "returned.pt"))
