@@ -521,11 +521,9 @@ class Bus:
                 raise
             results.append((r.owner, out))
         if _log.tracing:
+            elapsed_us = round((time.perf_counter() - start) * 1e6, 1)  # before logger() runs
             _log.logger().debug(
-                "hook",
-                hook=name,
-                receivers=[r.label for r in receivers],
-                us=round((time.perf_counter() - start) * 1e6, 1),
+                "hook", hook=name, receivers=[r.label for r in receivers], us=elapsed_us
             )
         return results
 

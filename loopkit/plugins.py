@@ -178,11 +178,8 @@ class Registry:
                     found.append((info, ep))
             self._claims = claims
             if _log.tracing:
-                _log.logger().debug(
-                    "plugins discovered",
-                    names=sorted(claims),
-                    ms=round((time.perf_counter() - start) * 1e3, 2),
-                )
+                elapsed_ms = round((time.perf_counter() - start) * 1e3, 2)
+                _log.logger().debug("plugins discovered", names=sorted(claims), ms=elapsed_ms)
         return self._claims
 
     def infos(self) -> list[PluginInfo]:
@@ -273,13 +270,14 @@ class Registry:
             raise failure
         self._loaded[name] = obj
         if _log.tracing:
+            elapsed_ms = round((time.perf_counter() - start) * 1e3, 2)
             _log.logger().debug(
                 "plugin loaded",
                 name=name,
                 kind=kind,
                 value=info.value,
                 distribution=info.distribution,
-                ms=round((time.perf_counter() - start) * 1e3, 2),
+                ms=elapsed_ms,
             )
         return obj
 
