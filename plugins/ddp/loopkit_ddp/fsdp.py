@@ -92,10 +92,10 @@ class FSDPStrategy(DDPStrategy):
         self.mp_policy = mp_policy
         self.fully_shard_kwargs = fully_shard_kwargs
         self._mesh: t.Any = None
-        # old parameter -> sharded parameter, for optimizers created before setup
-        self._rebind: weakref.WeakKeyDictionary[torch.nn.Parameter, torch.nn.Parameter] = (
-            weakref.WeakKeyDictionary()
-        )
+        # id(old parameter) -> (weak reference to it, sharded parameter), for optimizers made
+        # before set-up. Tensors compare elementwise, so they cannot be dictionary keys; the
+        # weak reference keeps the old full-size tensors from being held alive here.
+        self._rebind: dict[int, tuple[weakref.ref[torch.Tensor], torch.nn.Parameter]] = {}
         self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._sync: dict[int, bool] = {}
@@ -147,20 +147,24 @@ class FSDPStrategy(DDPStrategy):
         for name, old in before.items():
             new = after.get(name)
             if new is not None and new is not old:
-                self._rebind[old] = new
+                self._rebind[id(old)] = (weakref.ref(old), new)
         self._modules.add(module)
         return module
 
     def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """Point ``optimizer`` at the sharded parameters of the modules set up so far."""
-        stale = [p for g in optimizer.param_groups for p in g["params"] if p in self._rebind]
-        if stale and any(optimizer.state.get(p) for p in stale):
+        def sharded(p: torch.Tensor) -> torch.Tensor | None:
+            entry = self._rebind.get(id(p))
+            return entry[1] if entry is not None and entry[0]() is p else None
+
+        stale = [p for g in optimizer.param_groups for p in g["params"] if sharded(p) is not None]
+        if any(optimizer.state.get(p) for p in stale):
             raise ValueError(
                 f"{type(optimizer).__name__} has state for parameters that fsdp has since sharded; "
                 "set up the module and optimizer before the first step"
             )
         for group in optimizer.param_groups:
-            group["params"] = [self._rebind.get(p, p) for p in group["params"]]
+            group["params"] = [_first(sharded(p), p) for p in group["params"]]
         self._optimizers.add(optimizer)
         return optimizer
 
@@ -263,11 +267,10 @@ class FSDPStrategy(DDPStrategy):
         if template:
             dcp.load(template, checkpoint_id=path)
         if rest:
-            from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+            # Entries no set-up object holds (counters, plain tensors): rebuilt from the metadata.
+            from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
-            others: dict[str, t.Any] = {}
-            dcp.load(others, checkpoint_id=path, planner=_EmptyStateDictLoadPlanner(keys=rest))
-            template.update(others)
+            template.update(_load_state_dict_from_keys(rest, checkpoint_id=path))
         return template
 
     def _template_for(self, key: str, flat: set[str]) -> t.Any:
@@ -297,8 +300,15 @@ def _top_level_keys(metadata: t.Any) -> dict[str, set[str]]:
 
 def _requires_sync(module: torch.nn.Module, fallback: bool) -> bool:
     # FSDP2 has a setter but no getter; read the flag it sets when the layout is the known one.
+    from torch.distributed.fsdp import FSDPModule
+
     try:
-        groups = module._get_fsdp_state()._fsdp_param_groups  # type: ignore[operator]
+        groups = [
+            g
+            for m in module.modules()
+            if isinstance(m, FSDPModule)
+            for g in m._get_fsdp_state()._fsdp_param_groups
+        ]
         return bool(all(g.reduce_grads for g in groups)) if groups else fallback
     except (AttributeError, TypeError):
         return fallback
@@ -325,3 +335,7 @@ def _init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
             g["lr"] = lr
         for p in made:
             p.grad = None
+
+
+def _first(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
+    return default if value is None else value
