@@ -25,7 +25,19 @@ _EXPORTS = {
     "detect_environment": "loopkit_ddp.environments",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "ClusterEnvironment",
+    "DDPSpawnStrategy",
+    "DDPStrategy",
+    "FSDPStrategy",
+    "LocalEnvironment",
+    "ParallelStrategy",
+    "SLURMEnvironment",
+    "TorchElasticEnvironment",
+    "__version__",
+    "detect_environment",
+    "mixed_precision_policy",
+]
 
 if t.TYPE_CHECKING:
     from loopkit_ddp.ddp import DDPSpawnStrategy, DDPStrategy, ParallelStrategy

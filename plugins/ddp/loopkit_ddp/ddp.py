@@ -1,4 +1,4 @@
-"""``ddp`` and ``ddp_spawn``: one replica per process, gradients averaged by DistributedDataParallel.
+"""``ddp`` and ``ddp_spawn``: one replica per process, gradients averaged by DDP.
 
 Processes come from a launcher (torchrun, ``loopkit run``, SLURM's srun) or, without one, from
 the strategy itself: ``ddp`` re-runs the script for local ranks 1..N-1 the first time the
@@ -18,8 +18,8 @@ import warnings
 
 import torch
 import torch.distributed as dist
-from loopkit.strategy import Strategy
 
+from loopkit.strategy import Strategy
 from loopkit_ddp import launchers
 from loopkit_ddp.environments import (
     ClusterEnvironment,
@@ -93,7 +93,7 @@ class ParallelStrategy(Strategy):
         self._launcher: launchers.ScriptLauncher | None = None
         self._set_up = False
 
-    # -- wiring and topology ---------------------------------------------------------------------
+    # -- wiring and topology ----------------------------------------------------------------
 
     def connect(
         self,
@@ -165,7 +165,7 @@ class ParallelStrategy(Strategy):
     def distributed_ready(self) -> bool:
         return dist.is_available() and dist.is_initialized()
 
-    # -- environment --------------------------------------------------------------------------------
+    # -- environment ------------------------------------------------------------------------
 
     def setup_environment(self) -> None:
         """Start missing local ranks (``ddp``), then join the process group; idempotent."""
@@ -183,16 +183,16 @@ class ParallelStrategy(Strategy):
     def _check_topology(self) -> None:
         env = self.cluster_environment
         expected = len(self.parallel_devices) * self.num_nodes
-        if env.creates_processes_externally and env.world_size() != expected:
-            if env.global_rank() == 0:
-                warnings.warn(
-                    f"the {env.name} environment has WORLD_SIZE={env.world_size()} processes, but "
-                    f"devices={len(self.parallel_devices)} x num_nodes={self.num_nodes} = "
-                    f"{expected}; the launcher's {env.world_size()} processes are used. Pass "
-                    "devices/num_nodes that match the launcher to silence this",
-                    UserWarning,
-                    stacklevel=4,
-                )
+        mismatch = env.creates_processes_externally and env.world_size() != expected
+        if mismatch and env.global_rank() == 0:
+            warnings.warn(
+                f"the {env.name} environment has WORLD_SIZE={env.world_size()} processes, but "
+                f"devices={len(self.parallel_devices)} x num_nodes={self.num_nodes} = "
+                f"{expected}; the launcher's {env.world_size()} processes are used. Pass "
+                "devices/num_nodes that match the launcher to silence this",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _init_process_group(self) -> None:
         global _owned_group
@@ -230,18 +230,18 @@ class ParallelStrategy(Strategy):
         _destroy_owned_group()
         self._set_up = False
 
-    # -- data ---------------------------------------------------------------------------------
+    # -- data -------------------------------------------------------------------------------
 
     def distributed_sampler_kwargs(self) -> dict[str, t.Any] | None:
         return {"num_replicas": self.world_size, "rank": self.global_rank}
 
-    # -- collectives ------------------------------------------------------------------------------
+    # -- collectives ------------------------------------------------------------------------
 
     def barrier(self, name: str | None = None) -> None:
         if not self.distributed_ready:
             return
         if self.process_group_backend == "nccl" and self.root_device.type == "cuda":
-            dist.barrier(device_ids=[t.cast(int, self.root_device.index)])
+            dist.barrier(device_ids=[self.root_device.index])
         else:
             dist.barrier()
 

@@ -213,7 +213,7 @@ class FSDPStrategy(DDPStrategy):
         The shards go to a temporary directory beside ``path`` that rank zero renames over
         ``path`` once every rank has written: a crash leaves the previous checkpoint intact.
         """
-        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict_saver import save
 
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -225,7 +225,7 @@ class FSDPStrategy(DDPStrategy):
         if self.is_global_zero and tmp.exists():
             shutil.rmtree(tmp)
         self.barrier("fsdp_save_begin")
-        dcp.save(state, checkpoint_id=tmp)
+        save(state, checkpoint_id=tmp)
         self.barrier("fsdp_save_written")
         if self.is_global_zero:
             old = path.with_name(f".{path.name}.old")
@@ -241,7 +241,8 @@ class FSDPStrategy(DDPStrategy):
         Entries that hold a set-up module's state or an optimizer's state are loaded in place
         (each rank reads only its shards); other entries come back as full values.
         """
-        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.filesystem import FileSystemReader
+        from torch.distributed.checkpoint.state_dict_loader import load
 
         path = Path(path)
         if not path.is_dir():
@@ -253,7 +254,7 @@ class FSDPStrategy(DDPStrategy):
                     "torch.distributed.checkpoint.format_utils.torch_save_to_dcp"
                 )
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        reader = dcp.FileSystemReader(path)
+        reader = FileSystemReader(path)
         metadata = reader.read_metadata()
         by_key = _top_level_keys(metadata)
         template: dict[str, t.Any] = {}
@@ -265,7 +266,7 @@ class FSDPStrategy(DDPStrategy):
             else:
                 template[key] = target
         if template:
-            dcp.load(template, checkpoint_id=path)
+            load(template, checkpoint_id=path)
         if rest:
             # Entries no set-up object holds (counters, plain tensors): rebuilt from the metadata.
             from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys

@@ -430,11 +430,15 @@ def spawn(
     a ``RuntimeError`` naming the first failing rank, with its traceback, is raised here.
     """
     import torch
-    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import (
+        ProcessExitedException,
+        ProcessRaisedException,
+        start_processes,
+    )
 
     with tempfile.TemporaryDirectory(prefix="loopkit-spawn-") as tmp:
         result_path = os.path.join(tmp, "result.pt")
-        context = mp.start_processes(
+        context = start_processes(
             _spawned,
             args=(fn, args, kwargs, on_start, on_end, result_path),
             nprocs=nprocs,
@@ -444,7 +448,7 @@ def spawn(
         try:
             while not context.join():
                 pass
-        except mp.ProcessRaisedException as err:
+        except ProcessRaisedException as err:
             rank = first_rank + err.error_index
             text = str(err).split("terminated with the following error:", 1)[-1].strip()
             last = [line for line in text.splitlines() if line.strip()][-1:] or ["?"]
@@ -452,7 +456,7 @@ def spawn(
                 f"{_prefix()} rank {rank} failed first: {last[0]}\n{text}\n"
                 f"(the other ranks were ended)"
             ) from None
-        except mp.ProcessExitedException as err:
+        except ProcessExitedException as err:
             rank = first_rank + err.error_index
             how = (
                 f"killed by signal {err.signal_name}" if err.signal_name

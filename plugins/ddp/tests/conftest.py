@@ -59,7 +59,11 @@ def _group_alive(pgid: int) -> bool:
 
 
 def run_command(
-    args: list[str], *, timeout: float = 60, env: dict[str, str] | None = None, cwd: Path | None = None
+    args: list[str],
+    *,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Finished:
     """Run ``args`` in a new session; fail the test on timeout or on processes left behind."""
     full_env = {**os.environ, **(env or {})}

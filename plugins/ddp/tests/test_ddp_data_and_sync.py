@@ -54,7 +54,8 @@ def test_accumulating_4_batches_with_no_backward_sync_all_reduces_once_per_step(
 def test_accumulation_plugin_under_ddp_all_reduces_once_per_step(tmp_path: Path) -> None:
     pytest.importorskip("loopkit_accumulation")
     check_ok(torchrun("train_ddp", "--out", str(tmp_path), "--strategy", "ddp", "--devices", "2",
-                      "--count-allreduce", "--accumulate", "4", "--accumulation-plugin"))  # fmt: skip
+                      "--count-allreduce", "--accumulate", "4",
+                      "--accumulation-plugin"))  # fmt: skip
     for r in assert_matches_reference(tmp_path, accumulate=4):
         assert r["optimizer_steps"] == 2
         assert r["allreduce_calls"] == 2

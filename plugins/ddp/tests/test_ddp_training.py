@@ -30,7 +30,8 @@ def reference(epochs: int = 2, accumulate: int = 1) -> dict[str, torch.Tensor]:
     per_step = script.BATCH * WORLD * accumulate  # type: ignore[attr-defined]
     for _ in range(epochs):
         for start in range(0, len(x), per_step):
-            loss = nn.functional.mse_loss(net(x[start : start + per_step]), y[start : start + per_step])
+            batch = slice(start, start + per_step)
+            loss = nn.functional.mse_loss(net(x[batch]), y[batch])
             loss.backward()
             opt.step()
             opt.zero_grad()

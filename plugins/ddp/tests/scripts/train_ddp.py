@@ -53,7 +53,8 @@ def train(fabric: Fabric, args: argparse.Namespace) -> dict:
     for _epoch in range(args.epochs):
         for i, (x, y) in enumerate(loader):
             batches += 1
-            if args.fail_step is not None and fabric.global_rank == args.fail_rank and batches == args.fail_step:
+            failing = fabric.global_rank == args.fail_rank and batches == args.fail_step
+            if failing:
                 raise ValueError(f"boom at step {batches} on rank {fabric.global_rank}")
             if accumulation is not None:
                 with accumulation(net, i, len(loader), epoch=_epoch) as steps:
