@@ -78,11 +78,10 @@ def raw_loop(precision: str, steps: int, batches: list[Batch]) -> c.Callable[[],
         return run_mixed
     dtype = TRUE[precision]
     model.to(dtype)
-    data = [(x.to(dtype), y) for x, y in data]
 
     def run_true() -> None:
         for x, y in data:
-            loss = mse(model(x).float(), y)
+            loss = mse(model(x.to(dtype)).float(), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
