@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import check_ok, load_script, loopkit_run, python_script, torchrun
+from conftest import check_ok, load_script, python_script, torchrun
 from torch import nn
 
 from loopkit import Fabric
@@ -81,13 +81,11 @@ def test_ddp_under_torchrun_matches_one_process_on_the_concatenated_batches(tmp_
         assert r["allreduce_calls"] == 8
 
 
-@pytest.mark.parametrize("how", ["lazy", "launch"])
-def test_ddp_self_launch_matches_one_process(tmp_path: Path, how: str) -> None:
-    # `python train_ddp.py --devices 2`: rank 0 re-runs the script for rank 1 itself, at
-    # fabric.launch() or (never called) at the first fabric.setup().
-    result = python_script(
-        "train_ddp", "--out", str(tmp_path), "--strategy", "ddp", "--devices", "2", "--how", how
-    )
+def test_ddp_self_launch_matches_one_process(tmp_path: Path) -> None:
+    # `python train_ddp.py --devices 2`, and fabric.launch() never called: rank 0 re-runs the
+    # script for rank 1 itself at the first fabric.setup(). (The Trainer test covers launch().)
+    result = python_script("train_ddp", "--out", str(tmp_path), "--strategy", "ddp",
+                           "--devices", "2")  # fmt: skip
     check_ok(result)
     ranks = assert_matches_reference(tmp_path)
     assert ranks[0]["pid"] != ranks[1]["pid"]
@@ -103,13 +101,3 @@ def test_ddp_spawn_matches_one_process_and_returns_rank_zero_result(tmp_path: Pa
     returned = torch.load(tmp_path / "returned.pt", weights_only=False)
     assert returned["rank"] == 0  # fabric.launch(fn) hands back rank zero's return value
     assert torch.equal(returned["weights"]["2.bias"], results(tmp_path)[0]["weights"]["2.bias"])
-
-
-def test_loopkit_run_trains_an_unchanged_script(tmp_path: Path) -> None:
-    # No --strategy/--devices for the script: `loopkit run` passes them through the environment.
-    result = loopkit_run("--devices", "2", str(Path(__file__).parent / "scripts" / "train_ddp.py"),
-                         "--out", str(tmp_path))  # fmt: skip
-    check_ok(result)
-    ranks = assert_matches_reference(tmp_path)
-    assert {r["env_devices"] for r in ranks} == {"2"}
-    assert {r["strategy"] for r in ranks} == {"DDPStrategy"}

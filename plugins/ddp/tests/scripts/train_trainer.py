@@ -1,0 +1,65 @@
+"""The train_ddp model and data fitted by loopkit.Trainer (automatic optimization).
+
+Every rank writes ``rank{R}.pt`` into the output folder: its weights and the step count.
+Strategy and devices come from the arguments (``--devices 2 --strategy ddp``) or, left out,
+from ``loopkit run`` through the environment.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import loopkit
+
+NUM_SAMPLES, BATCH = 32, 4
+
+
+def data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(NUM_SAMPLES, 4, generator=g)
+    y = x.sum(dim=1, keepdim=True) + 0.1 * torch.randn(NUM_SAMPLES, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+class Regressor(loopkit.LoopModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--devices", default="auto")
+    args = p.parse_args(argv)
+    module = Regressor()
+    trainer = loopkit.Trainer(
+        accelerator="cpu", strategy=args.strategy, devices=args.devices, max_epochs=2,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(data(), batch_size=BATCH))
+    result = {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "global_step": trainer.global_step,
+        "weights": {k.removeprefix("net."): v.clone() for k, v in module.state_dict().items()},
+    }
+    torch.save(result, os.path.join(args.out, f"rank{trainer.global_rank}.pt"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
