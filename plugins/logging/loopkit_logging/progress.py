@@ -12,6 +12,7 @@ import collections.abc as c
 import math
 import numbers
 import sys
+import time
 import typing as t
 
 from loopkit.plugins import Plugin
@@ -85,6 +86,7 @@ class ProgressBar(Plugin):
         self._train_bar: t.Any = None
         self._val_bar: t.Any = None
         self._since_refresh = 0
+        self._postfix_time = -math.inf
 
     @property
     def enabled(self) -> bool:
@@ -119,6 +121,7 @@ class ProgressBar(Plugin):
             unit="it",
         )
         self._since_refresh = 0
+        self._postfix_time = -math.inf
 
     def on_train_batch_end(self, trainer: t.Any = None) -> None:
         bar = self._train_bar
@@ -126,7 +129,13 @@ class ProgressBar(Plugin):
             return
         self._since_refresh += 1
         if self._since_refresh >= self.refresh_rate:
-            bar.set_postfix(_postfix(getattr(trainer, "progress_bar_metrics", None)), refresh=False)
+            # Reading metrics may synchronise with an accelerator (tensor.item()): do it only
+            # as often as the bar can redraw, not on every batch.
+            now = time.monotonic()
+            if now - self._postfix_time >= bar.mininterval:
+                metrics = _postfix(getattr(trainer, "progress_bar_metrics", None))
+                bar.set_postfix(metrics, refresh=False)
+                self._postfix_time = now
             bar.update(self._since_refresh)
             self._since_refresh = 0
 
@@ -202,25 +211,46 @@ class Tracker(t.Generic[_T]):
         self._stream = stream
         self.enabled = enabled
         self._bar: t.Any = None
+        self._pending: dict[str, t.Any] | None = None
+        self._shown_at = -math.inf
 
     def __iter__(self) -> c.Iterator[_T]:
         if not self.enabled:
             yield from self._iterable
             return
         stream = self._stream if self._stream is not None else sys.stderr
-        self._bar = _bar(iterable=self._iterable, file=stream, **self._kwargs)
+        kwargs = dict(self._kwargs)
+        if kwargs["total"] is None and isinstance(self._iterable, c.Sized):
+            kwargs["total"] = len(self._iterable)
+        bar = self._bar = _bar(file=stream, **kwargs)
+        self._shown_at = -math.inf
         try:
-            yield from self._bar
+            for item in self._iterable:
+                yield item
+                bar.update(1)  # after the loop's body: counts finished iterations
         finally:
-            self._bar.close()
+            if self._pending is not None:  # the last values set, shown on the final line
+                bar.set_postfix(_postfix(self._pending), refresh=False)
+                self._pending = None
+            bar.close()
 
     def __len__(self) -> int:
         return len(self._iterable)  # type: ignore[arg-type]
 
     def set_metrics(self, metrics: c.Mapping[str, t.Any] | None = None, **more: t.Any) -> None:
-        """Show these metrics after the bar (tensors are read with ``.item()``)."""
-        if self._bar is not None:
-            self._bar.set_postfix(_postfix({**(metrics or {}), **more}), refresh=False)
+        """Show these metrics after the bar (tensors are read with ``.item()``).
+
+        Values are read only as often as the bar redraws, so calling this on every batch does
+        not synchronise with an accelerator on every batch.
+        """
+        if self._bar is None:
+            return
+        self._pending = {**(metrics or {}), **more}
+        now = time.monotonic()
+        if now - self._shown_at >= self._bar.mininterval:
+            self._bar.set_postfix(_postfix(self._pending), refresh=False)
+            self._pending = None
+            self._shown_at = now
 
 
 def track(

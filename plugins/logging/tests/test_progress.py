@@ -139,3 +139,18 @@ def test_by_name_and_bad_input() -> None:
     assert isinstance(fabric.get_plugin("progress_bar"), ProgressBar)
     with pytest.raises(ValueError, match="refresh_rate=-1"):
         ProgressBar(refresh_rate=-1)
+
+
+def test_track_shows_the_last_values_set_on_its_final_line() -> None:
+    import torch
+
+    stream = FakeTerminal()
+    bar = track([10, 20, 30], stream=stream, desc="warm-up")
+    seen = []
+    for item in bar:
+        seen.append(item)
+        bar.set_metrics({"loss": torch.tensor(item / 10)}, lr=0.5)
+    assert seen == [10, 20, 30]
+    final = stream.getvalue().rstrip().splitlines()[-1].split("\r")[-1]
+    assert final.startswith("warm-up: 100%") and "3/3" in final
+    assert final.endswith("loss=3, lr=0.5]")
