@@ -153,7 +153,7 @@ class FitLoop:
         call("on_train_start")
         while not (self.epochs_done() or self.steps_done() or p.should_stop):
             call("on_train_epoch_start")
-            ran = 0
+            ran, steps_before = 0, p.global_step
             for batch_idx, batch, is_last in batches(data, num_batches):
                 p.batch_idx, p.is_last_batch = batch_idx, is_last
                 answers = call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
@@ -172,10 +172,12 @@ class FitLoop:
                     break
             call("on_train_epoch_end")
             p.epoch += 1
-            if ran == 0 and self.max_epochs == -1:
+            stuck = p.global_step == steps_before and not p.should_stop
+            if self.max_epochs == -1 and self.max_steps >= 0 and stuck:
+                # Without max_epochs only steps end training: an epoch without one never would.
                 warnings.warn(
-                    "the training data yielded no batch in an epoch and max_epochs is not set; "
-                    "stopping instead of looping forever",
+                    f"an epoch of {ran} batch(es) took no optimizer step and max_epochs is not "
+                    "set, so max_steps would never be reached; stopping here",
                     UserWarning,
                     stacklevel=2,
                 )

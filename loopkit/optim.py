@@ -148,9 +148,9 @@ def parse_configure_optimizers(
             optimizers = items
         elif all(isinstance(o, dict) for o in items):
             optimizers, raw_schedulers, monitors = _parse_dicts(items, returned)
-        elif len(items) == 2 and (isinstance(items[0], (list, tuple)) or _is_optimizer(items[0])):
+        elif len(items) == 2 and isinstance(items[0], (list, tuple)):
             first, second = items
-            optimizers = list(first) if isinstance(first, (list, tuple)) else [first]
+            optimizers = list(first)
             bad = [o for o in optimizers if not _is_optimizer(o)]
             if bad or not optimizers:
                 raise _error(
@@ -158,17 +158,15 @@ def parse_configure_optimizers(
                     f"the first element of (optimizers, schedulers) must hold optimizers, "
                     f"it holds {describe(bad[0]) if bad else 'nothing'}",
                 )
-            if isinstance(second, (list, tuple)):
-                raw_schedulers = list(second)
-            else:
-                raw_schedulers = [second]
+            raw_schedulers = list(second) if isinstance(second, (list, tuple)) else [second]
         else:
             odd = next(o for o in items if not _is_optimizer(o))
-            raise _error(
-                returned,
-                f"{describe(odd)} is not an optimizer (nor is this an (optimizers, schedulers) "
-                "pair or a list of dicts)",
+            hint = (
+                "; return optimizers and schedulers as two lists: ([optimizer], [scheduler])"
+                if _is_scheduler(odd)
+                else ""
             )
+            raise _error(returned, f"{describe(odd)} is not an optimizer{hint}")
     else:
         raise _error(returned, f"a {type(returned).__name__} is not one of the accepted forms")
 
