@@ -75,7 +75,9 @@ class ProgressBar(Plugin):
 
     kind = "subscriber"
 
-    def __init__(self, refresh_rate: int = 1, stream: t.TextIO | None = None, leave: bool = True):
+    def __init__(
+        self, refresh_rate: int = 1, stream: t.TextIO | None = None, leave: bool = True
+    ) -> None:
         if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
             raise ValueError(f"refresh_rate={refresh_rate!r}: pass an int >= 0 (0 turns it off)")
         self.refresh_rate = refresh_rate
