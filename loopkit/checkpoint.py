@@ -4,6 +4,10 @@ A write goes to a temporary file in the destination's folder, is flushed and fsy
 renamed over the destination: a crash at any point leaves either the old file or the new one,
 never half of one. A load uses ``torch.load(weights_only=True)`` unless the caller opts out, so
 a file holding pickled code cannot run it; a truncated or corrupt file gives an error naming it.
+
+:class:`CheckpointIO` is the ``checkpoint_io`` slot: the object that writes and reads checkpoint
+files. The default writes with :func:`atomic_save` and reads with :func:`safe_load`; a plugin
+may write elsewhere (object storage) or otherwise. Which processes write is the strategy's call.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_save", "safe_load"]
+from loopkit.plugins import Plugin
+
+__all__ = ["CheckpointError", "CheckpointIO", "atomic_save", "safe_load"]
 
 
 class CheckpointError(RuntimeError):
@@ -35,6 +41,9 @@ def atomic_save(obj: t.Any, path: str | os.PathLike[str]) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file readable by its owner only; give it the mode a plain open()
+        # would have (or the mode of the file it replaces).
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -42,6 +51,25 @@ def atomic_save(obj: t.Any, path: str | os.PathLike[str]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Read, not set: os.umask() can only be read by changing it, which races other threads.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -100,3 +128,28 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
         "checkpoint; loopkit writes checkpoints atomically, so this file was not written by it "
         "or was damaged afterwards."
     )
+
+
+class CheckpointIO(Plugin):
+    """The ``checkpoint_io`` slot: writes and reads checkpoint files.
+
+    Pass an instance (or a registered name) in ``Fabric(plugins=[...])`` to replace how files
+    are written; ``Fabric.save`` calls :meth:`save_checkpoint` on the processes the strategy
+    writes from, ``Fabric.load`` calls :meth:`load_checkpoint` on every process.
+    """
+
+    kind = "checkpoint_io"
+
+    def save_checkpoint(self, checkpoint: dict[str, t.Any], path: Path) -> None:
+        """Write ``checkpoint`` to ``path`` so that a crash leaves any previous file intact."""
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Path, *, map_location: t.Any = "cpu", weights_only: bool = True
+    ) -> t.Any:
+        """Read what :meth:`save_checkpoint` wrote; refuse code-running pickles by default."""
+        return safe_load(path, weights_only=weights_only, map_location=map_location)
+
+    def remove_checkpoint(self, path: Path) -> None:
+        """Delete the checkpoint at ``path`` (nothing happens when there is none)."""
+        Path(path).unlink(missing_ok=True)

@@ -4,24 +4,32 @@ The user writes the loop; Fabric resolves the accelerator, strategy and precisio
 the plugin registry), wraps the user's objects, fires the optimization-step hooks on its bus and
 runs the phases (forward, backward, optimizer step) with whatever contexts plugins wrapped around
 them. A script written for Lightning Fabric runs after changing its import line.
+
+The step methods (``backward``, the wrapped optimizer's ``step`` and ``zero_grad``, the wrapped
+module's call) are the hot path: they allocate nothing they can avoid and look nothing up by
+name beyond the bus's own cached dispatch. This module never imports a plugin package.
 """
 
 from __future__ import annotations
 
 import collections.abc as c
 import contextlib
+import hashlib
+import inspect
 import os
 import random
 import typing as t
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from loopkit import _log
-from loopkit.accelerator import Accelerator
-from loopkit.events import Bus
-from loopkit.hooks import FABRIC_FIRES
+from loopkit.accelerator import Accelerator, CPUAccelerator, CUDAAccelerator, MPSAccelerator
+from loopkit.checkpoint import CheckpointIO
+from loopkit.events import Bus, Subscription
+from loopkit.hooks import FABRIC_FIRES, HOOKS, is_default_hook
 from loopkit.plugins import Plugin, registry
 from loopkit.precision import Precision
 from loopkit.strategy import SingleDeviceStrategy, Strategy, move_to_device
@@ -39,6 +47,16 @@ _ENV = {
     "devices": "LOOPKIT_DEVICES",
     "num_nodes": "LOOPKIT_NUM_NODES",
     "precision": "LOOPKIT_PRECISION",
+}
+#: Set by ``seed_everything``: the seed (read by samplers and spawned ranks) and worker seeding.
+SEED_ENV = "LOOPKIT_GLOBAL_SEED"
+SEED_WORKERS_ENV = "LOOPKIT_SEED_WORKERS"
+
+#: The occupants the kernel embeds; resolved without reading any entry point.
+_EMBEDDED: dict[str, dict[str, c.Callable[[], t.Any]]] = {
+    "accelerator": {"cpu": CPUAccelerator, "cuda": CUDAAccelerator, "mps": MPSAccelerator},
+    "precision": {"32-true": Precision},
+    "strategy": {"single_device": SingleDeviceStrategy},
 }
 
 
@@ -103,16 +121,25 @@ class Fabric:
         accelerator = _env_default("accelerator", accelerator, "auto")
         strategy = _env_default("strategy", strategy, "auto")
         devices = _env_default("devices", devices, "auto")
-        num_nodes = int(_env_default("num_nodes", num_nodes, 1))
         precision = _env_default("precision", precision, None)
-        if not isinstance(num_nodes, int) or num_nodes < 1:
-            raise ValueError(f"num_nodes={num_nodes!r}: pass a positive int")
+        nodes: t.Any = _env_default("num_nodes", num_nodes, 1)
+        if isinstance(nodes, str) and nodes.strip().isdigit():
+            nodes = int(nodes)
+        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+            raise ValueError(f"num_nodes={nodes!r}: pass a positive int")
+        num_nodes = nodes
 
         self._bus = Bus(fires=FABRIC_FIRES)
+        #: Set by a Trainer that drives this Fabric; hooks receive it as ``trainer=``.
         self._trainer: t.Any = None
         self._phase_wrappers: dict[PhaseName, list[PhaseWrapper]] = {p: [] for p in _PHASES}
         self._forward_active = False
+        #: id(user's module) -> its wrapper, for every module set up (plugins read this).
         self._models: dict[int, FabricModule] = {}
+        #: (wrapper, user's module, forward module) of the only module set up, else None:
+        #: what ``backward()`` uses without ``model=``.
+        self._sole: tuple[FabricModule, nn.Module, nn.Module] | None = None
+        self._module_subscriptions: dict[int, list[Subscription]] = {}
         self._backward_calls = 0
         self._launched = False
         self._warned_no_sync = False
@@ -141,7 +168,23 @@ class Fabric:
         )
         self._strategy.connect(self._accelerator, self._precision, self._device_ids, num_nodes)
         self._precision.attach(self)  # learns the device type it autocasts and scales on
-        self._checkpoint_io = slots.pop("checkpoint_io", None)
+        # Where strategy and precision keep the base behaviour, the step methods call what it
+        # amounts to directly (the same calls, fewer Python frames on the hot path).
+        strategy, prec = self._strategy, self._precision
+        self._direct_backward = (
+            _is_base(strategy, Strategy, "backward")
+            and _is_base(prec, Precision, "pre_backward")
+            and _is_base(prec, Precision, "backward")
+        )
+        self._direct_step = _is_base(strategy, Strategy, "optimizer_step") and _is_base(
+            prec, Precision, "optimizer_step"
+        )
+        self._unscale: c.Callable[[torch.optim.Optimizer], None] | None = (
+            None if _is_base(prec, Precision, "unscale_gradients") else prec.unscale_gradients
+        )
+        self._checkpoint_io: CheckpointIO | None = _resolve_checkpoint_io(
+            slots.pop("checkpoint_io", None)
+        )
         self._loggers = [_resolve_logger(lg) for lg in _as_list(loggers)]
         self._callbacks = _as_list(callbacks)
         self._plugins: list[t.Any] = []
@@ -169,26 +212,32 @@ class Fabric:
 
     @property
     def device(self) -> torch.device:
+        """The device this process computes on."""
         return self._strategy.root_device
 
     @property
     def global_rank(self) -> int:
+        """This process's index among all processes of the run (0 on one device)."""
         return self._strategy.global_rank
 
     @property
     def local_rank(self) -> int:
+        """This process's index among the processes of its node."""
         return self._strategy.local_rank
 
     @property
     def node_rank(self) -> int:
+        """This node's index among the nodes of the run."""
         return self._strategy.node_rank
 
     @property
     def world_size(self) -> int:
+        """How many processes the run has."""
         return self._strategy.world_size
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this is the process of global rank 0."""
         return self._strategy.is_global_zero
 
     @property
@@ -201,6 +250,7 @@ class Fabric:
 
     @property
     def precision(self) -> Precision:
+        """The precision plugin (save it in ``state`` to checkpoint a grad scaler)."""
         return self._precision
 
     @property
@@ -209,7 +259,13 @@ class Fabric:
         return self._bus
 
     @property
+    def callbacks(self) -> list[t.Any]:
+        """The callbacks given to the constructor, in order."""
+        return list(self._callbacks)
+
+    @property
     def loggers(self) -> list[t.Any]:
+        """Every logger, in order."""
         return list(self._loggers)
 
     @property
@@ -252,12 +308,16 @@ class Fabric:
         """
         if phase not in self._phase_wrappers:
             raise ValueError(f"unknown phase {phase!r}; phases are {', '.join(_PHASES)}")
+        if not callable(wrapper):
+            raise TypeError(f"wrap_phase({phase!r}, ...) needs a callable, got {wrapper!r}")
         self._phase_wrappers[phase].append(wrapper)
         self._refresh_fast_paths()
         return _PhaseHandle(self, phase, wrapper)
 
     def _refresh_fast_paths(self) -> None:
         self._forward_active = bool(self._precision.active or self._phase_wrappers["forward"])
+        for wrapped in self._models.values():
+            wrapped._refresh()
 
     def _enter_phase(self, stack: contextlib.ExitStack, phase: Phase) -> None:
         for wrapper in self._phase_wrappers[phase.name]:
@@ -275,8 +335,14 @@ class Fabric:
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def launch(self, function: c.Callable[..., t.Any] | None = None, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        """Start the run's processes (where the strategy needs to) and call ``function(fabric, *args)``."""
+    def launch(
+        self, function: c.Callable[..., t.Any] | None = None, *args: t.Any, **kwargs: t.Any
+    ) -> t.Any:
+        """Start the run's processes (where the strategy needs to) and run ``function``.
+
+        ``function(fabric, *args, **kwargs)`` runs in every process; its result (this
+        process's) is returned. Without a function, the processes are set up and None returned.
+        """
         if function is not None and not callable(function):
             raise TypeError(f"launch() takes a function to run, got {function!r}")
         self._launched = True
@@ -288,22 +354,35 @@ class Fabric:
             self._launched = True
             self._strategy.setup_environment()
 
-    def setup(self, module: nn.Module, *optimizers: torch.optim.Optimizer, move_to_device: bool = True) -> t.Any:
-        """Wrap ``module`` and its ``optimizers``; returns the module, or ``(module, *optimizers)``."""
+    def setup(
+        self, module: nn.Module, *optimizers: torch.optim.Optimizer, move_to_device: bool = True
+    ) -> t.Any:
+        """Wrap ``module`` and its ``optimizers``; returns the module, or ``(module, *optimizers)``.
+
+        Call it once per model (a GAN calls it for the generator and for the discriminator,
+        each with its optimizers). Each optimizer must optimize parameters of ``module``.
+        """
         wrapped = self.setup_module(module, move_to_device=move_to_device)
         if not optimizers:
             return wrapped
         return (wrapped, *self._setup_optimizers(optimizers, wrapped))
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
-        """Wrap ``module``: moved to the device, converted to the precision, parallelised."""
+        """Wrap ``module``: moved to the device, converted to the precision, parallelised.
+
+        The module's own hook methods (``on_*``, and any public method its class defines, for
+        hooks fired by name with :meth:`call`) are connected to the bus, after the callbacks.
+        """
         if isinstance(module, FabricModule):
             raise ValueError(
                 f"{type(module.module).__name__} was already set up by fabric.setup(); "
                 "set up each module once and keep using the object setup() returned"
             )
         if not isinstance(module, nn.Module):
-            raise TypeError(f"setup() takes a torch.nn.Module first, got {type(module).__name__}")
+            raise TypeError(
+                f"setup() takes a torch.nn.Module first, got {type(module).__name__}; call "
+                "fabric.setup(model, optimizer)"
+            )
         if id(module) in self._models:
             raise ValueError(
                 f"{type(module).__name__} was already set up by this Fabric; "
@@ -315,12 +394,19 @@ class Fabric:
             self._strategy.module_to_device(module)
         forward_module = self._strategy.setup_module(module)
         wrapped = FabricModule(forward_module, module, self)
+        self._module_subscriptions[id(module)] = self._connect_module(module)
         self._models[id(module)] = wrapped
+        self._sole = (wrapped, module, forward_module) if len(self._models) == 1 else None
         self._bus.call("on_after_setup", fabric=self, module=module)
         return wrapped
 
+    def _connect_module(self, module: nn.Module) -> list[Subscription]:
+        return [self._bus.connect(getattr(module, name), name) for name in _module_hooks(module)]
+
     def setup_optimizers(self, *optimizers: torch.optim.Optimizer) -> t.Any:
         """Wrap optimizers whose modules were set up already; returns one or a tuple."""
+        if not optimizers:
+            raise ValueError("setup_optimizers() needs at least one optimizer")
         wrapped = self._setup_optimizers(optimizers, None)
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
@@ -330,10 +416,13 @@ class Fabric:
         out = []
         for opt in optimizers:
             if isinstance(opt, FabricOptimizer):
-                raise ValueError(f"{opt!r} was already set up by fabric.setup()")
+                raise ValueError(
+                    f"{type(opt.optimizer).__name__} was already set up by fabric.setup(); "
+                    "set up each optimizer once and keep using the object setup() returned"
+                )
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(
-                    f"setup() takes optimizers after the module, got {type(opt).__name__}"
+                    f"setup() takes torch optimizers after the module, got {type(opt).__name__}"
                 )
             # The strategy first: a sharding strategy rebinds the optimizer to sharded parameters.
             opt = self._strategy.setup_optimizer(opt)
@@ -353,11 +442,17 @@ class Fabric:
         known = {id(p) for m in self._models.values() for p in m.module.parameters()}
         if module is None and params <= known:
             return None  # spans several set-up modules
-        where = f"{type(module.module).__name__}" if module is not None else "any set-up module"
+        foreign = len(params - known) or len(params)
+        if module is not None:
+            raise ValueError(
+                f"{type(opt).__name__} optimizes {foreign} parameter(s) that are not parameters "
+                f"of {type(module.module).__name__}. Pass each optimizer to fabric.setup() "
+                "together with the module that owns its parameters"
+            )
         raise ValueError(
-            f"{type(opt).__name__} optimizes {len(params - known) or len(params)} parameter(s) "
-            f"that are not parameters of {where}. Pass the optimizer to fabric.setup() together "
-            "with the module that owns its parameters (or set up that module first)."
+            f"{type(opt).__name__} optimizes {foreign} parameter(s) of no module set up by "
+            "this Fabric. Set its module up first (fabric.setup_module(model)), or pass both "
+            "together: model, optimizer = fabric.setup(model, optimizer)"
         )
 
     def setup_dataloaders(
@@ -369,7 +464,8 @@ class Fabric:
     ) -> t.Any:
         """Wrap dataloaders: batches moved to the device, a ``DistributedSampler`` when sharding.
 
-        ``replace_sampler`` is the older name of ``use_distributed_sampler``.
+        ``replace_sampler`` is the older name of ``use_distributed_sampler``. Returns one
+        wrapped dataloader, or a tuple of them.
         """
         if replace_sampler is not None:
             use_distributed_sampler = replace_sampler
@@ -379,10 +475,19 @@ class Fabric:
         out = []
         for loader in dataloaders:
             if isinstance(loader, FabricDataLoader):
-                raise ValueError("this dataloader was already set up by fabric.setup_dataloaders()")
+                raise ValueError(
+                    "this dataloader was already set up by fabric.setup_dataloaders(); keep "
+                    "using the object it returned"
+                )
+            if not isinstance(loader, c.Iterable):
+                raise TypeError(
+                    f"setup_dataloaders() takes DataLoaders (or other iterables), got "
+                    f"{type(loader).__name__}"
+                )
             kwargs = self._strategy.distributed_sampler_kwargs()
             if use_distributed_sampler and kwargs is not None:
                 loader = _with_distributed_sampler(loader, kwargs)
+            _seed_workers(loader, self.global_rank)
             device = self.device if move_to_device else None
             if device is not None and device.type == "cpu":
                 device = None  # tensors are already on the CPU: skip the per-batch walk
@@ -391,88 +496,113 @@ class Fabric:
 
     # -- the step ---------------------------------------------------------------------------
 
-    def backward(self, tensor: torch.Tensor, *args: t.Any, model: nn.Module | None = None, **kwargs: t.Any) -> None:
-        """Replaces ``loss.backward()``: runs the backward phase through strategy and precision."""
-        if model is not None:
-            wrapped = model if isinstance(model, FabricModule) else self._models.get(id(model))
-            if wrapped is None:
-                raise ValueError(
-                    f"backward(model=...) got a {type(model).__name__} that was not set up; "
-                    "pass the module returned by fabric.setup()"
+    def backward(
+        self, tensor: torch.Tensor, *args: t.Any, model: nn.Module | None = None, **kwargs: t.Any
+    ) -> None:
+        """Replaces ``loss.backward()``: runs the backward phase through strategy and precision.
+
+        ``model`` says which set-up module the loss came from; it is needed only when several
+        modules are set up and the strategy or precision must know (extra ``args``/``kwargs``
+        go to ``torch.Tensor.backward``).
+        """
+        module: nn.Module | None
+        fwd: nn.Module | None
+        if model is None:
+            sole = self._sole
+            if sole is not None:
+                _, module, fwd = sole
+            elif self._models:
+                module = fwd = None  # several modules: the loss may come from any of them
+            else:
+                raise RuntimeError(
+                    "fabric.backward() was called before any module was set up; call "
+                    "model, optimizer = fabric.setup(model, optimizer) first"
                 )
-        elif len(self._models) == 1:
-            wrapped = next(iter(self._models.values()))
-        elif not self._models:
-            raise RuntimeError(
-                "fabric.backward() was called before any module was set up; call "
-                "model, optimizer = fabric.setup(model, optimizer) first"
-            )
         else:
-            wrapped = None
-        module = wrapped.module if wrapped is not None else None
+            wrapped = self._wrapper_of(model, "backward(model=...)")
+            module, fwd = wrapped.module, wrapped.forward_module
         self._backward_calls += 1
         if self._phase_wrappers["backward"]:
-            phase = Phase("backward", module, loss=tensor)
-            with contextlib.ExitStack() as stack:
-                self._enter_phase(stack, phase)
-                self._backward(t.cast(torch.Tensor, phase.loss), wrapped, module, args, kwargs)
+            self._backward_in_phase(tensor, module, fwd, args, kwargs)
+            return
+        bus = self._bus
+        trainer = self._trainer
+        bus.call("on_before_backward", fabric=self, trainer=trainer, module=module, loss=tensor)
+        if self._direct_backward:
+            tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
         else:
-            self._backward(tensor, wrapped, module, args, kwargs)
+            self._strategy.backward(tensor, fwd, *args, **kwargs)
+        bus.call("on_after_backward", fabric=self, trainer=trainer, module=module)
 
-    def _backward(
+    def _backward_in_phase(
         self,
         loss: torch.Tensor,
-        wrapped: FabricModule | None,
         module: nn.Module | None,
+        fwd: nn.Module | None,
         args: tuple[t.Any, ...],
         kwargs: dict[str, t.Any],
     ) -> None:
-        bus = self._bus
-        bus.call("on_before_backward", fabric=self, trainer=self._trainer, module=module, loss=loss)
-        fwd = wrapped.forward_module if wrapped is not None else None
-        self._strategy.backward(loss, fwd, *args, **kwargs)
-        bus.call("on_after_backward", fabric=self, trainer=self._trainer, module=module)
+        phase = Phase("backward", module, loss=loss)
+        with contextlib.ExitStack() as stack:
+            self._enter_phase(stack, phase)
+            loss = t.cast(torch.Tensor, phase.loss)
+            bus = self._bus
+            bus.call(
+                "on_before_backward", fabric=self, trainer=self._trainer, module=module, loss=loss
+            )
+            self._strategy.backward(loss, fwd, *args, **kwargs)
+            bus.call("on_after_backward", fabric=self, trainer=self._trainer, module=module)
+
+    def _wrapper_of(self, model: nn.Module, what: str) -> FabricModule:
+        if isinstance(model, FabricModule) and model._fabric is self:
+            return model
+        wrapped = self._models.get(id(model))
+        if wrapped is None:
+            raise ValueError(
+                f"{what} got a {type(unwrap(model)).__name__} that was not set up by this "
+                "Fabric; pass the module returned by fabric.setup()"
+            )
+        return wrapped
 
     def _optimizer_step(
-        self, wrapped: FabricOptimizer, closure: c.Callable[[], t.Any] | None, kwargs: dict[str, t.Any]
+        self,
+        optimizer: torch.optim.Optimizer,
+        module: nn.Module | None,
+        closure: c.Callable[[], t.Any] | None,
+        kwargs: dict[str, t.Any],
     ) -> t.Any:
-        optimizer = wrapped._optimizer
-        module = wrapped._module
-        precision = self._precision
-        if precision.needs_fabric_backward and self._backward_calls == 0 and closure is None:
+        if not self._backward_calls and closure is None and self._precision.needs_fabric_backward:
             raise RuntimeError(
                 f"optimizer.step() ran but fabric.backward() was never called: the "
-                f"{precision!r} precision scales the loss, so replace loss.backward() with "
-                "fabric.backward(loss)"
+                f"{self._precision!r} precision scales the loss, so replace loss.backward() "
+                "with fabric.backward(loss)"
             )
-        bus = self._bus
-
-        def before_step() -> None:
-            precision.unscale_gradients(optimizer)
-            bus.call(
+        if closure is None:
+            unscale = self._unscale
+            if unscale is not None:
+                unscale(optimizer)
+            self._bus.call(
                 "on_before_optimizer_step",
                 fabric=self, trainer=self._trainer, module=module, optimizer=optimizer,
             )  # fmt: skip
-
-        step_closure: c.Callable[[], t.Any] | None
-        if closure is None:
-            before_step()
-            step_closure = None
         else:
-            def step_closure() -> t.Any:
-                result = closure()
-                before_step()
-                return result
-
+            closure = _StepClosure(self, optimizer, module, closure)
         if self._phase_wrappers["optimizer_step"]:
             with contextlib.ExitStack() as stack:
                 self._enter_phase(stack, Phase("optimizer_step", module, optimizer))
-                out = self._strategy.optimizer_step(optimizer, step_closure, **kwargs)
+                out = self._strategy.optimizer_step(optimizer, closure, **kwargs)
+        elif not self._direct_step:
+            out = self._strategy.optimizer_step(optimizer, closure, **kwargs)
+        elif closure is not None:
+            out = optimizer.step(closure, **kwargs)
+        elif kwargs:
+            out = optimizer.step(**kwargs)
         else:
-            out = self._strategy.optimizer_step(optimizer, step_closure, **kwargs)
-        bus.call(
-            "on_optimizer_step", fabric=self, trainer=self._trainer, module=module, optimizer=optimizer
-        )
+            out = optimizer.step()
+        self._bus.call(
+            "on_optimizer_step",
+            fabric=self, trainer=self._trainer, module=module, optimizer=optimizer,
+        )  # fmt: skip
         return out
 
     def clip_gradients(
@@ -484,13 +614,22 @@ class Fabric:
         norm_type: float = 2.0,
         error_if_nonfinite: bool = True,
     ) -> torch.Tensor | None:
-        """Clip by value (``clip_val``) or by norm (``max_norm``, returns the total norm)."""
+        """Clip by value (``clip_val``) or by norm (``max_norm``: returns the total norm).
+
+        Under a grad scaler the gradients are unscaled first. With ``error_if_nonfinite`` a
+        total norm that is inf or nan raises instead of scaling every gradient to nan.
+        """
         if (clip_val is None) == (max_norm is None):
             raise ValueError(
                 "clip_gradients() needs exactly one of clip_val= (clip by value) or "
                 f"max_norm= (clip by norm); got clip_val={clip_val!r}, max_norm={max_norm!r}"
             )
         mod, opt = unwrap(module), unwrap(optimizer)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(
+                f"clip_gradients(module, optimizer, ...) needs an optimizer second, got "
+                f"{type(opt).__name__}"
+            )
         if max_norm is not None:
             return self._strategy.clip_gradients_norm(
                 mod, opt, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
@@ -507,6 +646,7 @@ class Fabric:
         """Skip gradient synchronisation in the block (gradient accumulation under DDP).
 
         A no-op on one device; where the strategy cannot support it, a no-op with one warning.
+        The strategy restores the module's previous sync state when the block exits.
         """
         if not isinstance(module, FabricModule):
             raise TypeError(
@@ -527,7 +667,10 @@ class Fabric:
     # -- utilities --------------------------------------------------------------------------
 
     def to_device(self, obj: t.Any) -> t.Any:
-        """Move a module, a tensor, or tensors nested in lists/tuples/dicts to ``self.device``."""
+        """Move a module, a tensor, or tensors nested in collections to ``self.device``."""
+        if isinstance(obj, nn.Module):
+            self._strategy.module_to_device(obj)
+            return obj
         return move_to_device(obj, self.device)
 
     def print(self, *args: t.Any, **kwargs: t.Any) -> None:
@@ -537,18 +680,20 @@ class Fabric:
 
     @staticmethod
     def seed_everything(seed: int | None = None, workers: bool = True) -> int:
-        """Seed python's ``random``, numpy (when installed) and torch with ``seed``.
+        """Seed python's ``random``, numpy (when installed) and torch with ``seed``; return it.
 
-        Each generator ends exactly as seeding it directly would. Dataloader workers need
-        nothing more: torch derives each worker's python, numpy and torch seeds from the main
-        process's torch generator when the worker starts, so they are distinct and reproducible
-        (``workers`` is accepted for Lightning compatibility).
+        Each generator ends exactly as seeding it directly would. Without ``seed``, the seed of
+        an earlier call (in this process or the launcher's) is reused, or a random one chosen.
+        With ``workers``, dataloaders set up afterwards give their worker processes seeds that
+        differ across ranks too (see ``docs/fabric.md``).
         """
         if seed is None:
-            seed = int(os.environ.get("LOOPKIT_GLOBAL_SEED", random.randrange(2**31)))
-        if not isinstance(seed, int) or not 0 <= seed < 2**32:
+            env = os.environ.get(SEED_ENV, "").strip()
+            seed = int(env) if env.isdigit() else random.randrange(2**32)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"seed={seed!r}: pass an int in [0, 2**32)")
-        os.environ["LOOPKIT_GLOBAL_SEED"] = str(seed)  # read by samplers and spawned ranks
+        os.environ[SEED_ENV] = str(seed)  # read by samplers and by spawned ranks
+        os.environ[SEED_WORKERS_ENV] = "1" if workers else "0"
         random.seed(seed)
         try:
             import numpy as np
@@ -560,15 +705,25 @@ class Fabric:
         return seed
 
     def barrier(self, name: str | None = None) -> None:
+        """Wait until every process reaches this call."""
         self._strategy.barrier(name)
 
     def broadcast(self, obj: t.Any, src: int = 0) -> t.Any:
+        """Rank ``src``'s ``obj`` (picklable), on every process."""
         return self._strategy.broadcast(obj, src)
 
     def all_gather(self, data: t.Any, sync_grads: bool = False) -> t.Any:
+        """Every process's tensors (numbers too), stacked along a new first dimension."""
         return _map_tensors(data, lambda x: self._strategy.all_gather(x, sync_grads=sync_grads))
 
-    def all_reduce(self, data: t.Any, reduce_op: t.Literal["sum", "mean", "max", "min"] = "mean") -> t.Any:
+    def all_reduce(
+        self, data: t.Any, reduce_op: t.Literal["sum", "mean", "max", "min"] = "mean"
+    ) -> t.Any:
+        """Tensors (numbers too) reduced across processes with ``reduce_op``."""
+        if reduce_op not in ("sum", "mean", "max", "min"):
+            raise ValueError(
+                f"all_reduce(reduce_op={reduce_op!r}): use 'sum', 'mean', 'max' or 'min'"
+            )
         return _map_tensors(data, lambda x: self._strategy.all_reduce(x, reduce_op))
 
     @contextlib.contextmanager
@@ -583,7 +738,10 @@ class Fabric:
 
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> c.Iterator[None]:
-        """Build a module directly on the device, in the precision's parameter dtype."""
+        """Build a module directly on the device, in the precision's parameter dtype.
+
+        ``empty_init`` is accepted for compatibility; the embedded strategy always initialises.
+        """
         self._ensure_environment()
         with self._strategy.module_init_context():
             yield
@@ -597,7 +755,11 @@ class Fabric:
     # -- hooks and logging ------------------------------------------------------------------
 
     def call(self, hook_name: str, *args: t.Any, **kwargs: t.Any) -> list[tuple[object, t.Any]]:
-        """Run every callback (and plugin) method named ``hook_name``; see :meth:`Bus.call`."""
+        """Run every callback (plugin, set-up module) method named ``hook_name``.
+
+        Each receiver gets the keyword arguments its signature names. Returns ``(owner,
+        result)`` pairs in call order; a name nobody defines runs nothing.
+        """
         return self._bus.call(hook_name, *args, **kwargs)
 
     def log(self, name: str, value: t.Any, step: int | None = None) -> None:
@@ -609,7 +771,7 @@ class Fabric:
         """Send scalars to every logger; tensors become Python numbers once, here."""
         if not self._loggers:
             return
-        plain = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        plain = {name: _scalar(name, value) for name, value in metrics.items()}
         for logger in self._loggers:
             logger.log_metrics(plain, step=step)
 
@@ -621,33 +783,55 @@ class Fabric:
         state: c.Mapping[str, t.Any],
         filter: c.Mapping[str, c.Callable[[str, t.Any], bool]] | None = None,
     ) -> None:
-        """Write ``state`` atomically: objects with ``state_dict()`` are converted, nothing added.
+        """Write ``state`` to ``path`` atomically, on the processes the strategy writes from.
 
-        ``filter`` maps a key of ``state`` to ``fn(name, value) -> bool`` selecting which entries
-        of that object's state dict are kept.
+        Modules, optimizers and anything with ``state_dict()`` are saved as their state dicts;
+        nothing is added, so the file holds exactly the keys of ``state``. ``filter`` maps a key
+        of ``state`` to ``fn(name, value) -> bool`` selecting which entries of that object's
+        state dict are kept. ``save(state, path)`` (the older argument order) works too.
         """
+        path, state = _save_arguments(path, state)
         if filter is not None:
             unknown = sorted(set(filter) - set(state))
             if unknown:
-                raise KeyError(f"filter names keys that are not in state: {', '.join(unknown)}")
+                raise KeyError(
+                    f"filter names {', '.join(map(repr, unknown))}, which state does not hold "
+                    f"(it holds {', '.join(map(repr, state)) or 'nothing'})"
+                )
         converted: dict[str, t.Any] = {}
         for key, obj in state.items():
             value = self._state_of(obj)
             if filter is not None and key in filter:
-                if not isinstance(value, dict):
-                    raise TypeError(f"filter[{key!r}] needs a state dict, got {type(value).__name__}")
-                value = {k: v for k, v in value.items() if filter[key](k, v)}
+                if not isinstance(value, c.Mapping):
+                    raise TypeError(
+                        f"filter[{key!r}] selects entries of a state dict, but state[{key!r}] "
+                        f"is a {type(value).__name__}"
+                    )
+                keep = filter[key]
+                value = {k: v for k, v in value.items() if keep(k, v)}
             converted[key] = value
-        self._strategy.save_checkpoint(path, converted)
+        io = self._checkpoint_io
+        if io is None:
+            self._strategy.save_checkpoint(Path(path), converted)
+        elif self._strategy.is_global_zero or not self._strategy.replicated:
+            io.save_checkpoint(converted, Path(path))
         self.barrier("save")
 
     def _state_of(self, obj: t.Any) -> t.Any:
         obj = unwrap(obj)
         if isinstance(obj, nn.Module):
             return self._strategy.module_state_dict(obj)
-        if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        if not isinstance(obj, type) and callable(getattr(obj, "state_dict", None)):
             return obj.state_dict()
         return obj
+
+    def _read(self, path: str | os.PathLike[str], weights_only: bool) -> t.Any:
+        io = self._checkpoint_io
+        if io is None:
+            return self._strategy.load_checkpoint(Path(path), weights_only=weights_only)
+        return io.load_checkpoint(
+            Path(path), map_location=self._strategy.root_device, weights_only=weights_only
+        )
 
     def load(
         self,
@@ -660,9 +844,11 @@ class Fabric:
 
         Objects with ``load_state_dict`` are restored in place; other values are written back
         into ``state``. With ``strict``, a key of ``state`` missing from the checkpoint is an
-        error naming it. Without ``state``, the whole checkpoint is returned.
+        error naming it (and modules must match exactly). Without ``state``, the whole
+        checkpoint is returned. ``weights_only=True`` refuses files that would run code when
+        loaded; pass False only for files you trust.
         """
-        checkpoint = self._strategy.load_checkpoint(path, weights_only=weights_only)
+        checkpoint = self._read(path, weights_only)
         if state is None:
             return t.cast(dict[str, t.Any], checkpoint)
         if not isinstance(checkpoint, dict):
@@ -670,12 +856,12 @@ class Fabric:
                 f"checkpoint {os.fspath(path)!r} holds a {type(checkpoint).__name__}, not a dict "
                 "of named states; load it with fabric.load(path) or fabric.load_raw(path, obj)"
             )
-        missing = sorted(set(state) - set(checkpoint))
+        missing = [key for key in state if key not in checkpoint]
         if missing and strict:
             raise KeyError(
-                f"checkpoint {os.fspath(path)!r} has no entry for {', '.join(map(repr, missing))} "
-                f"(it holds {', '.join(map(repr, checkpoint)) or 'nothing'}); pass strict=False "
-                "to restore only what it has"
+                f"checkpoint {os.fspath(path)!r} has no entry for {', '.join(map(repr, missing))}"
+                f" (it holds {', '.join(map(repr, checkpoint)) or 'nothing'}); pass "
+                "strict=False to restore only what it has"
             )
         for key in list(state):
             if key not in checkpoint:
@@ -684,22 +870,63 @@ class Fabric:
             value = checkpoint.pop(key)
             if isinstance(obj, nn.Module):
                 obj.load_state_dict(value, strict=strict)
-            elif hasattr(obj, "load_state_dict") and callable(obj.load_state_dict):
+            elif not isinstance(obj, type) and callable(getattr(obj, "load_state_dict", None)):
                 obj.load_state_dict(value)
             else:
                 state[key] = value
-        return t.cast(dict[str, t.Any], checkpoint)
+        return checkpoint
 
     def load_raw(
-        self, path: str | os.PathLike[str], obj: t.Any, strict: bool = True, weights_only: bool = True
+        self,
+        path: str | os.PathLike[str],
+        obj: t.Any,
+        strict: bool = True,
+        weights_only: bool = True,
     ) -> None:
-        """Load a bare state dict (as ``torch.save(model.state_dict())`` wrote it) into ``obj``."""
-        value = self._strategy.load_checkpoint(path, weights_only=weights_only)
+        """Load a bare state dict (as ``torch.save(model.state_dict())`` wrote it) into ``obj``.
+
+        ``obj`` is a module or an optimizer (wrapped or not), or anything with
+        ``load_state_dict``.
+        """
         target = unwrap(obj)
+        if not callable(getattr(target, "load_state_dict", None)):
+            raise TypeError(
+                f"load_raw(path, obj) restores a module or optimizer; {type(target).__name__} "
+                "has no load_state_dict()"
+            )
+        value = self._read(path, weights_only)
         if isinstance(target, nn.Module):
             target.load_state_dict(value, strict=strict)
         else:
             target.load_state_dict(value)
+
+
+class _StepClosure:
+    """The closure a step runs: the user's, then unscaling and ``on_before_optimizer_step``.
+
+    An object rather than a nested function, so the common closure-less step allocates nothing.
+    """
+
+    __slots__ = ("closure", "fabric", "module", "optimizer")
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        optimizer: torch.optim.Optimizer,
+        module: nn.Module | None,
+        closure: c.Callable[[], t.Any],
+    ) -> None:
+        self.fabric, self.optimizer, self.module, self.closure = fabric, optimizer, module, closure
+
+    def __call__(self) -> t.Any:
+        result = self.closure()
+        fabric = self.fabric
+        fabric._precision.unscale_gradients(self.optimizer)
+        fabric._bus.call(
+            "on_before_optimizer_step",
+            fabric=fabric, trainer=fabric._trainer, module=self.module, optimizer=self.optimizer,
+        )  # fmt: skip
+        return result
 
 
 class _Launched:
@@ -713,6 +940,107 @@ class _Launched:
         if self.function is None:
             return None
         return self.function(self.fabric, *args, **kwargs)
+
+
+# -- set-up helpers -----------------------------------------------------------------------------
+
+
+def _is_base(obj: object, base: type, name: str) -> bool:
+    """Whether ``obj.name`` is ``base``'s own implementation (not overridden, not patched)."""
+    return getattr(getattr(obj, name, None), "__func__", None) is getattr(base, name)
+
+
+def _module_hooks(module: nn.Module) -> list[str]:
+    """Names of the methods of ``module`` that receive hooks: real overrides only.
+
+    A method of the user's own classes counts unless ``nn.Module`` has that name (``forward``,
+    ``train``...), so ``fabric.call("train")`` never reaches ``nn.Module.train``. From torch's
+    and loopkit's own classes only declared hooks count, and defaults marked with
+    :func:`loopkit.hooks.default_hook` never do.
+    """
+    names: list[str] = []
+    seen: set[str] = set()
+    for cls in type(module).__mro__:
+        if cls is nn.Module or cls is object:
+            continue
+        library = (getattr(cls, "__module__", "") or "").split(".")[0] in ("torch", "loopkit")
+        for name, value in vars(cls).items():
+            if name in seen or name.startswith("_"):
+                continue
+            seen.add(name)
+            if hasattr(nn.Module, name) or not inspect.isfunction(value):
+                continue
+            if library and name not in HOOKS:
+                continue
+            if is_default_hook(getattr(module, name, None)):
+                continue
+            names.append(name)
+    return names
+
+
+def _seed_workers(loader: t.Any, global_rank: int) -> None:
+    # torch seeds each worker from the loader's base seed: the same on every rank, since every
+    # rank seeded torch alike. Ranks other than zero get a worker_init_fn that mixes the rank in.
+    # Rank zero is left alone, so a one-process run matches the same loop in plain PyTorch.
+    if global_rank == 0 or os.environ.get(SEED_WORKERS_ENV) != "1":
+        return
+    if not getattr(loader, "num_workers", 0) or isinstance(loader.worker_init_fn, _WorkerSeeder):
+        return
+    loader.worker_init_fn = _WorkerSeeder(global_rank, loader.worker_init_fn)
+
+
+class _WorkerSeeder:
+    """A ``worker_init_fn`` reseeding python, numpy and torch from the worker's seed and rank.
+
+    Picklable (workers may be spawned). Runs the user's own ``worker_init_fn`` afterwards.
+    """
+
+    def __init__(self, rank: int, user_fn: c.Callable[[int], t.Any] | None) -> None:
+        self.rank = rank
+        self.user_fn = user_fn
+
+    def __call__(self, worker_id: int) -> None:
+        seed = worker_seed(torch.initial_seed(), self.rank)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            import numpy as np
+        except ImportError:
+            pass
+        else:
+            np.random.seed(seed % 2**32)
+        if self.user_fn is not None:
+            self.user_fn(worker_id)
+
+
+def worker_seed(torch_seed: int, rank: int) -> int:
+    """The seed a worker of ``rank`` uses, from the seed torch gave it (64 bits)."""
+    digest = hashlib.blake2b(f"{torch_seed}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _save_arguments(path: t.Any, state: t.Any) -> tuple[str | os.PathLike[str], t.Any]:
+    if isinstance(path, c.Mapping) and isinstance(state, (str, os.PathLike)):
+        path, state = state, path  # save(state, path), as an older Fabric spelled it
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"save(path, state) needs a file path first, got {type(path).__name__}")
+    if not isinstance(state, c.Mapping):
+        raise TypeError(
+            f"save(path, state) needs a dict of named objects, got {type(state).__name__}; "
+            "wrap it: fabric.save(path, {'model': model})"
+        )
+    return path, state
+
+
+def _scalar(name: str, value: t.Any) -> t.Any:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"log: {name!r} is a tensor of shape {tuple(value.shape)}; loggers take scalars "
+                "(reduce it first, e.g. .mean())"
+            )
+        return value.item()
+    return value
 
 
 # -- resolution (the connector) ---------------------------------------------------------------
@@ -734,6 +1062,13 @@ def _as_list(value: t.Any) -> list[t.Any]:
     return [value]
 
 
+def _create(kind: str, name: str) -> t.Any:
+    embedded = _EMBEDDED.get(kind, {}).get(name)
+    if embedded is not None:
+        return embedded()
+    return registry().create(kind, name)
+
+
 def _resolve_plugin(item: t.Any) -> t.Any:
     if isinstance(item, str):
         reg = registry()
@@ -752,14 +1087,15 @@ def _resolve_accelerator(value: str | Accelerator) -> Accelerator:
         raise TypeError(f"accelerator={value!r}: pass a name such as 'cpu', 'cuda' or 'auto'")
     name = value.lower()
     if name == "auto":
-        from loopkit.accelerator import CUDAAccelerator, MPSAccelerator
-
-        name = "cuda" if CUDAAccelerator.is_available() else "mps" if MPSAccelerator.is_available() else "cpu"
+        if CUDAAccelerator.is_available():
+            name = "cuda"
+        elif MPSAccelerator.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
     elif name == "gpu":
-        from loopkit.accelerator import MPSAccelerator
-
         name = "mps" if MPSAccelerator.is_available() else "cuda"
-    accelerator = t.cast(Accelerator, registry().create("accelerator", name))
+    accelerator = t.cast(Accelerator, _create("accelerator", name))
     if not accelerator.is_available():
         raise RuntimeError(
             f"accelerator={value!r} is not available on this machine; use accelerator='cpu' "
@@ -778,7 +1114,7 @@ def _resolve_precision(value: str | int | Precision | None) -> Precision:
     name = str(value)
     if name == "32":
         name = "32-true"
-    return t.cast(Precision, registry().create("precision", name))
+    return t.cast(Precision, _create("precision", name))
 
 
 def _resolve_strategy(
@@ -802,7 +1138,19 @@ def _resolve_strategy(
             f"strategy='single_device' runs one process, but devices={n_devices} and "
             f"num_nodes={num_nodes} ask for more; use strategy='ddp' or devices=1"
         )
-    return t.cast(Strategy, registry().create("strategy", name))
+    return t.cast(Strategy, _create("strategy", name))
+
+
+def _resolve_checkpoint_io(value: t.Any) -> CheckpointIO | None:
+    if value is None:
+        return None
+    for method in ("save_checkpoint", "load_checkpoint"):
+        if not callable(getattr(value, method, None)):
+            raise TypeError(
+                f"checkpoint_io plugin {value!r} has no {method}(); subclass "
+                "loopkit.checkpoint.CheckpointIO"
+            )
+    return t.cast(CheckpointIO, value)
 
 
 def _resolve_logger(value: t.Any) -> t.Any:
@@ -821,9 +1169,11 @@ def _map_tensors(data: t.Any, fn: c.Callable[[torch.Tensor], torch.Tensor]) -> t
         return fn(data)
     if isinstance(data, dict):
         return {k: _map_tensors(v, fn) for k, v in data.items()}
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(_map_tensors(v, fn) for v in data))
     if isinstance(data, (list, tuple)):
         return type(data)(_map_tensors(v, fn) for v in data)
-    if isinstance(data, (int, float, bool)):
+    if isinstance(data, (int, float)) and not isinstance(data, bool):
         return fn(torch.tensor(data))
     return data
 
@@ -842,8 +1192,10 @@ def _with_distributed_sampler(loader: t.Any, kwargs: dict[str, t.Any]) -> t.Any:
             "shard it yourself"
         )
     shuffle = isinstance(loader.sampler, RandomSampler)
-    seed = int(os.environ.get("LOOPKIT_GLOBAL_SEED", 0))
-    sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed, **kwargs)
+    seed = int(os.environ.get(SEED_ENV, 0))
+    sampler: DistributedSampler[t.Any] = DistributedSampler(
+        loader.dataset, shuffle=shuffle, seed=seed, **kwargs
+    )
     return DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,

@@ -66,7 +66,7 @@ class Precision(Plugin):
     def backward(
         self, loss: torch.Tensor, module: torch.nn.Module | None, *args: t.Any, **kwargs: t.Any
     ) -> None:
-        loss.backward(*args, **kwargs)
+        loss.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring gradients to their true scale (a no-op without a grad scaler)."""

@@ -8,8 +8,11 @@ checkpoints are written. It never decides *when* anything happens: that is the l
 
 from __future__ import annotations
 
+import collections
 import collections.abc as c
 import contextlib
+import copy
+import dataclasses
 import typing as t
 from pathlib import Path
 
@@ -26,17 +29,44 @@ _Op = t.Literal["sum", "mean", "max", "min"]
 
 
 def move_to_device(obj: t.Any, device: torch.device) -> t.Any:
-    """Move every tensor in ``obj`` (nested lists, tuples, dicts, dataclass-free) to ``device``."""
+    """Move every tensor in ``obj`` to ``device``, rebuilding the collections that hold them.
+
+    Understood: tensors, modules (moved in place), dicts and other mappings (``defaultdict``
+    keeps its factory), lists, tuples, named tuples, sets, dataclass instances, and any other
+    object with a ``to(device)`` method (a ``BatchEncoding``, say). Everything else is returned
+    as it is.
+    """
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=device.type == "cuda")
+    if isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
+        return obj
     if isinstance(obj, torch.nn.Module):
         return obj.to(device)
-    if isinstance(obj, dict):
-        return type(obj)((k, move_to_device(v, device)) for k, v in obj.items())  # type: ignore[call-arg]
+    if isinstance(obj, collections.defaultdict):
+        moved: collections.defaultdict[t.Any, t.Any] = collections.defaultdict(obj.default_factory)
+        moved.update((k, move_to_device(v, device)) for k, v in obj.items())
+        return moved
+    if isinstance(obj, c.Mapping):
+        items = [(k, move_to_device(v, device)) for k, v in obj.items()]
+        try:
+            return type(obj)(items)  # type: ignore[call-arg]
+        except TypeError:
+            return dict(items)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
         return type(obj)(*(move_to_device(v, device) for v in obj))
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple, set, frozenset)):
         return type(obj)(move_to_device(v, device) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        clone = copy.copy(obj)
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name)
+            new = move_to_device(value, device)
+            if new is not value:
+                object.__setattr__(clone, field.name, new)  # frozen dataclasses too
+        return clone
+    to = getattr(obj, "to", None)
+    if callable(to) and not isinstance(obj, type):
+        return to(device)
     return obj
 
 
@@ -206,7 +236,10 @@ class Strategy(Plugin):
             _ckpt.atomic_save(state, path)
 
     def load_checkpoint(self, path: str | Path, weights_only: bool = True) -> dict[str, t.Any]:
-        return _ckpt.safe_load(path, weights_only=weights_only, map_location=self.root_device)
+        return t.cast(
+            dict[str, t.Any],
+            _ckpt.safe_load(path, weights_only=weights_only, map_location=self.root_device),
+        )
 
 
 class SingleDeviceStrategy(Strategy):

@@ -2,13 +2,17 @@
 
 The wrappers hold the user's objects (never copies) and route the forward, the optimizer step
 and each batch through the strategy, the precision and the bus. They are on the hot path: when
-nothing needs doing (32-true, no phase wrappers) the forward is one attribute check away from
-the user's own module.
+nothing needs doing (``32-true``, no phase contexts, no hooks registered on the wrapper itself)
+calling the wrapped module is one Python call away from calling the user's module, without a
+second pass through ``nn.Module.__call__``.
+
+This module must not import torch's optional heavy parts (``torch._dynamo``) nor any plugin.
 """
 
 from __future__ import annotations
 
 import collections.abc as c
+import operator
 import typing as t
 
 import torch
@@ -19,17 +23,15 @@ if t.TYPE_CHECKING:
 
 __all__ = ["FabricDataLoader", "FabricModule", "FabricOptimizer", "unwrap"]
 
-_OWN = frozenset({"_optimizer", "_fabric", "_module", "_steps"})
-
 
 class FabricModule(nn.Module):
     """The user's module, set up by Fabric.
 
     ``module`` is the user's original module; ``forward_module`` is what forward runs on (the
     same object on one device, a ``DistributedDataParallel`` or other parallel wrapper under a
-    distributed strategy: register communication hooks there). ``state_dict()`` and
-    ``load_state_dict()`` act on the original, so keys are exactly the original's. Other
-    attributes are read from and written to the original.
+    distributed strategy). ``state_dict()``, ``load_state_dict()``, ``named_parameters()`` and
+    ``named_buffers()`` act on the original, so names and keys are exactly the original's. Other
+    attributes are read from, and (when the original has them) written to, the original.
     """
 
     def __init__(self, forward_module: nn.Module, original: nn.Module, fabric: Fabric) -> None:
@@ -40,6 +42,26 @@ class FabricModule(nn.Module):
         self.__dict__["_fwd"] = forward_module
         self.__dict__["_orig"] = original
         self.__dict__["_fabric"] = fabric
+        self.__dict__["training"] = original.training
+        #: What calling the wrapper calls directly, or None when the full path is needed.
+        self.__dict__["_direct"] = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Re-decide whether a call can go straight to ``forward_module``.
+
+        It can when the precision does nothing in the forward, no phase context wraps it, and
+        no hook was ever registered on this wrapper itself (hooks on the user's module, and
+        global module hooks, still run: the user's module is called through
+        ``nn.Module.__call__``).
+        """
+        direct = not self._fabric._forward_active and not (
+            self._forward_pre_hooks
+            or self._forward_hooks
+            or self._backward_hooks
+            or self._backward_pre_hooks
+        )
+        self.__dict__["_direct"] = self._fwd if direct else None
 
     @property
     def module(self) -> nn.Module:
@@ -51,11 +73,45 @@ class FabricModule(nn.Module):
         """The module forward runs on (e.g. the ``DistributedDataParallel`` under ``ddp``)."""
         return t.cast(nn.Module, self.__dict__["_fwd"])
 
+    def __call__(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        # The hot path: one lookup, then the user's module (skipping a second pass through
+        # nn.Module.__call__ for the wrapper itself when nothing needs it).
+        direct = self._direct
+        if direct is not None:
+            return direct(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
     def forward(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         fabric = self._fabric
-        if not fabric._forward_active:
-            return self._fwd(*args, **kwargs)
-        return fabric._run_forward(self, args, kwargs)
+        if fabric._forward_active:
+            return fabric._run_forward(self, args, kwargs)
+        return self._fwd(*args, **kwargs)
+
+    # Registering a hook on the wrapper turns the direct call off (nn.Module.__call__ runs it).
+    def register_forward_pre_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        handle = super().register_forward_pre_hook(*args, **kwargs)
+        self.__dict__["_direct"] = None
+        return handle
+
+    def register_forward_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        handle = super().register_forward_hook(*args, **kwargs)
+        self.__dict__["_direct"] = None
+        return handle
+
+    def register_full_backward_pre_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        handle = super().register_full_backward_pre_hook(*args, **kwargs)
+        self.__dict__["_direct"] = None
+        return handle
+
+    def register_full_backward_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        handle = super().register_full_backward_hook(*args, **kwargs)
+        self.__dict__["_direct"] = None
+        return handle
+
+    def register_backward_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        handle = super().register_backward_hook(*args, **kwargs)
+        self.__dict__["_direct"] = None
+        return handle
 
     def state_dict(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         return self._orig.state_dict(*args, **kwargs)
@@ -63,16 +119,37 @@ class FabricModule(nn.Module):
     def load_state_dict(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         return self._orig.load_state_dict(*args, **kwargs)
 
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> c.Iterator[tuple[str, nn.Parameter]]:
+        return t.cast(
+            c.Iterator[tuple[str, nn.Parameter]],
+            self._orig.named_parameters(prefix, recurse, remove_duplicate),
+        )
+
+    def named_buffers(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> c.Iterator[tuple[str, torch.Tensor]]:
+        return t.cast(
+            c.Iterator[tuple[str, torch.Tensor]],
+            self._orig.named_buffers(prefix, recurse, remove_duplicate),
+        )
+
     def __getattr__(self, name: str) -> t.Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["_orig"], name)
+            orig = self.__dict__.get("_orig")
+            if orig is None:
+                raise
+            return getattr(orig, name)
 
     def __setattr__(self, name: str, value: t.Any) -> None:
         orig = self.__dict__.get("_orig")
         if orig is not None and not name.startswith("_") and hasattr(orig, name):
             setattr(orig, name, value)
+            if name == "training":
+                self.__dict__["training"] = value
         else:
             super().__setattr__(name, value)
 
@@ -83,27 +160,36 @@ class FabricModule(nn.Module):
 class FabricOptimizer:
     """The user's optimizer, set up by Fabric; ``isinstance(it, type(original))`` holds.
 
-    Every attribute and method of the original works through it and acts on the original
-    (``param_groups``, ``state``, ``state_dict``, ``add_param_group``...). ``optimizer`` is the
-    original. ``step(closure=...)`` runs through the strategy and precision and fires
-    ``on_before_optimizer_step`` (gradients final and unscaled) and ``on_optimizer_step``.
+    The wrapper shares the original's attribute dictionary: ``param_groups``, ``state``,
+    ``defaults`` and every other attribute are the original's own objects (a ``load_state_dict``
+    on either is seen by both), and methods of the optimizer's class (``add_param_group``,
+    hook registration...) act on them. ``optimizer`` is the original. ``step(closure=...)``
+    runs through the strategy and the precision and fires ``on_before_optimizer_step``
+    (gradients final and unscaled) and ``on_optimizer_step``; ``zero_grad()`` fires
+    ``on_before_zero_grad``.
     """
+
+    # Slots keep the wrapper's own state out of the shared attribute dictionary; no
+    # __getattr__ is defined, so attribute reads stay plain dictionary lookups.
+    __slots__ = ("_optimizer", "_fabric", "_module", "_step")
 
     _optimizer: torch.optim.Optimizer
     _fabric: Fabric
     _module: nn.Module | None
-    _steps: int
+    _step: c.Callable[..., t.Any]
 
     @staticmethod
     def wrap(
         optimizer: torch.optim.Optimizer, fabric: Fabric, module: nn.Module | None
     ) -> FabricOptimizer:
+        """Wrap ``optimizer``; ``module`` is the set-up module that owns its parameters."""
         cls = _wrapper_class(type(optimizer))
-        self = object.__new__(cls)
-        object.__setattr__(self, "_optimizer", optimizer)
-        object.__setattr__(self, "_fabric", fabric)
-        object.__setattr__(self, "_module", module)
-        object.__setattr__(self, "_steps", 0)
+        self: FabricOptimizer = object.__new__(cls)
+        object.__setattr__(self, "__dict__", optimizer.__dict__)
+        self._optimizer = optimizer
+        self._fabric = fabric
+        self._module = module
+        self._step = self._fabric_step
         return self
 
     @property
@@ -111,8 +197,23 @@ class FabricOptimizer:
         """The user's own optimizer."""
         return self._optimizer
 
-    def step(self, closure: c.Callable[[], t.Any] | None = None, **kwargs: t.Any) -> t.Any:
-        return self._fabric._optimizer_step(self, closure, kwargs)
+    def _fabric_step(self, closure: c.Callable[[], t.Any] | None = None, **kwargs: t.Any) -> t.Any:
+        return self._fabric._optimizer_step(self._optimizer, self._module, closure, kwargs)
+
+    def _set_step(self, value: c.Callable[..., t.Any]) -> None:
+        self._step = value
+
+    def _del_step(self) -> None:
+        self._step = self._fabric_step
+
+    # ``step`` is a data descriptor, so that something replacing it on the wrapper (an LR
+    # scheduler counting steps) replaces it on the wrapper only: written to the shared
+    # dictionary it would shadow the original's own ``step``, which the wrapper's step ends by
+    # calling; and a ``step`` patched onto the original cannot shadow the wrapper's. Reading it
+    # runs no Python code (attrgetter).
+    step = property(
+        operator.attrgetter("_step"), _set_step, _del_step, doc="Step through Fabric."
+    )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         fabric = self._fabric
@@ -123,7 +224,10 @@ class FabricOptimizer:
             module=self._module,
             optimizer=self._optimizer,
         )
-        self._optimizer.zero_grad(set_to_none=set_to_none)
+        if set_to_none:
+            self._optimizer.zero_grad()
+        else:
+            self._optimizer.zero_grad(set_to_none=False)
 
     def state_dict(self) -> dict[str, t.Any]:
         return self._optimizer.state_dict()
@@ -131,14 +235,17 @@ class FabricOptimizer:
     def load_state_dict(self, state_dict: dict[str, t.Any]) -> None:
         self._optimizer.load_state_dict(state_dict)
 
-    def __getattr__(self, name: str) -> t.Any:
-        return getattr(object.__getattribute__(self, "_optimizer"), name)
+    def __getstate__(self) -> dict[str, t.Any]:
+        # copy and pickle see the original's attributes plus the wrapper's own.
+        state = dict(self.__dict__)
+        state.update((name, getattr(self, name)) for name in FabricOptimizer.__slots__)
+        return state
 
-    def __setattr__(self, name: str, value: t.Any) -> None:
-        if name in _OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._optimizer, name, value)
+    def __setstate__(self, state: dict[str, t.Any]) -> None:
+        # Not Optimizer.__setstate__: it would patch the wrapper class's ``step``.
+        for name in FabricOptimizer.__slots__:
+            object.__setattr__(self, name, state.pop(name, None))
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"FabricOptimizer({self._optimizer!r})"
@@ -157,15 +264,14 @@ def _wrapper_class(cls: type) -> type:
 
 
 class FabricDataLoader:
-    """The user's dataloader, set up by Fabric: batches arrive on the device.
+    """The user's dataloader (or any iterable), set up by Fabric: batches arrive on the device.
 
-    Each ``iter()`` sets the sampler's epoch (for ``DistributedSampler`` shuffling) and counts
-    it. Other attributes are the original's; ``dataloader`` is the original.
+    Each ``iter()`` first sets the epoch of the sampler (and of the batch sampler's sampler), for
+    ``DistributedSampler`` shuffling, then counts one epoch. Other attributes are the
+    original's; ``dataloader`` is the original.
     """
 
-    def __init__(
-        self, dataloader: t.Any, fabric: Fabric, device: torch.device | None
-    ) -> None:
+    def __init__(self, dataloader: t.Any, fabric: Fabric, device: torch.device | None) -> None:
         self._dataloader = dataloader
         self._fabric = fabric
         self._device = device
@@ -173,28 +279,52 @@ class FabricDataLoader:
 
     @property
     def dataloader(self) -> t.Any:
+        """The user's own dataloader."""
         return self._dataloader
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where batches are moved (None: left where the dataloader puts them)."""
+        return self._device
 
     def __len__(self) -> int:
         return len(self._dataloader)
 
     def __iter__(self) -> c.Iterator[t.Any]:
         loader = self._dataloader
-        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-            set_epoch = getattr(sampler, "set_epoch", None)
-            if set_epoch is not None:
-                set_epoch(self._epoch)
+        _set_sampler_epoch(loader, self._epoch)
         self._epoch += 1
         device = self._device
         if device is None:
-            yield from loader
-            return
+            return iter(loader)
+        return self._moved(loader, device)
+
+    def _moved(self, loader: t.Any, device: torch.device) -> c.Iterator[t.Any]:
         to_device = self._fabric._strategy.batch_to_device
         for batch in loader:
             yield to_device(batch, device)
 
     def __getattr__(self, name: str) -> t.Any:
-        return getattr(self.__dict__["_dataloader"], name)
+        try:
+            loader = self.__dict__["_dataloader"]
+        except KeyError:  # during copy/unpickling, before __init__ ran
+            raise AttributeError(name) from None
+        return getattr(loader, name)
+
+    def __repr__(self) -> str:
+        return f"FabricDataLoader({self._dataloader!r})"
+
+
+def _set_sampler_epoch(loader: t.Any, epoch: int) -> None:
+    seen: set[int] = set()
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for sampler in (getattr(batch_sampler, "sampler", None), getattr(loader, "sampler", None)):
+        if sampler is None or id(sampler) in seen:
+            continue
+        seen.add(id(sampler))
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
 
 
 def unwrap(obj: t.Any) -> t.Any:

@@ -1,0 +1,264 @@
+"""What a loopkit Fabric loop costs over the same loop written in plain PyTorch.
+
+Run: ``.venv/bin/python bench/overhead.py``. One tiny model (MLP 32-64-1, batch 32, SGD, one
+torch thread) is trained for ``--steps`` steps by each loop in :data:`LOOPS`. The loops are timed
+in rounds, interleaved in this one process (the order rotates every round), so machine noise hits
+all of them alike. Each loop's figure is the median over rounds of its time divided by the raw
+loop's time in the same round, and the minimum-time ratio is printed beside it.
+
+Rows:
+
+``raw``               the plain PyTorch loop (the denominator)
+``fabric``            ``fabric.setup``, ``setup_dataloaders``, ``fabric.backward``: nothing else
+``fabric+callbacks``  the same, firing 5 callbacks at 4 hook points per step with ``fabric.call``
+``lightning*``        the same two loops on Lightning Fabric, only when ``lightning`` is
+                      installed (it is never a dependency of loopkit)
+
+Targets: ``fabric`` at most 1.03x raw, ``fabric+callbacks`` at most 1.06x raw.
+
+To add a row (a ``Trainer`` loop, say), write a function taking ``(steps, batches)`` that builds
+its model from :func:`make_model` and returns a zero-argument callable running ``steps`` steps,
+then add it to :data:`LOOPS` (and to :data:`TARGETS` if it has one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections.abc as c
+import importlib.util
+import statistics
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import nn
+
+from loopkit import Fabric
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+#: A loop builder: (steps, batches) -> a callable that trains ``steps`` steps when called.
+LoopBuilder = c.Callable[[int, list[Batch]], c.Callable[[], None]]
+
+LR = 0.01
+HOOK_POINTS = ("on_train_batch_start", "on_after_forward", "on_before_step", "on_train_batch_end")
+
+
+def make_model() -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 1))
+    return model, torch.optim.SGD(model.parameters(), lr=LR)
+
+
+def make_batches(n: int = 64) -> list[Batch]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(32, 32, generator=gen), torch.randn(32, 1, generator=gen)) for _ in range(n)]
+
+
+def _cycle(batches: list[Batch], steps: int) -> list[Batch]:
+    return [batches[i % len(batches)] for i in range(steps)]
+
+
+# -- the loops --------------------------------------------------------------------------------
+
+
+def raw_loop(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+    model, optimizer = make_model()
+    data = _cycle(batches, steps)
+    mse = nn.functional.mse_loss
+
+    def run() -> None:
+        for x, y in data:
+            loss = mse(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
+def fabric_loop(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+    fabric = Fabric(accelerator="cpu")
+    model, optimizer = fabric.setup(*make_model())
+    data = fabric.setup_dataloaders(_cycle(batches, steps))
+    mse = nn.functional.mse_loss
+
+    def run() -> None:
+        for x, y in data:
+            loss = mse(model(x), y)
+            optimizer.zero_grad()
+            fabric.backward(loss)
+            optimizer.step()
+
+    return run
+
+
+class _Counter:
+    """A callback that takes nothing: counts the hooks it sees."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_train_batch_start(self) -> None:
+        self.calls += 1
+
+    def on_after_forward(self) -> None:
+        self.calls += 1
+
+    def on_before_step(self) -> None:
+        self.calls += 1
+
+    def on_train_batch_end(self) -> None:
+        self.calls += 1
+
+
+class _Reader:
+    """A callback that names some of the arguments each hook is fired with."""
+
+    def __init__(self) -> None:
+        self.last: object = None
+
+    def on_train_batch_start(self, batch_idx: int) -> None:
+        self.last = batch_idx
+
+    def on_after_forward(self, loss: torch.Tensor) -> None:
+        self.last = loss
+
+    def on_before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.last = optimizer
+
+    def on_train_batch_end(self, batch_idx: int, loss: torch.Tensor) -> None:
+        self.last = loss
+
+
+def _callbacks() -> list[object]:
+    return [_Counter(), _Reader(), _Counter(), _Reader(), _Counter()]
+
+
+def _fabric_callbacks_loop(fabric_cls: t.Any) -> LoopBuilder:
+    def build(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+        fabric = fabric_cls(accelerator="cpu", callbacks=_callbacks())
+        model, optimizer = fabric.setup(*make_model())
+        data = fabric.setup_dataloaders(_cycle(batches, steps))
+        mse = nn.functional.mse_loss
+        call = fabric.call
+        start, after_forward, before_step, end = HOOK_POINTS
+
+        def run() -> None:
+            for batch_idx, (x, y) in enumerate(data):
+                call(start, batch=(x, y), batch_idx=batch_idx)
+                loss = mse(model(x), y)
+                call(after_forward, loss=loss)
+                optimizer.zero_grad()
+                fabric.backward(loss)
+                call(before_step, optimizer=optimizer)
+                optimizer.step()
+                call(end, batch_idx=batch_idx, loss=loss)
+
+        return run
+
+    return build
+
+
+def _lightning_loops() -> dict[str, LoopBuilder]:
+    if importlib.util.find_spec("lightning") is None:
+        return {}
+    from lightning.fabric import Fabric as LightningFabric
+    from torch.utils.data import DataLoader
+
+    def plain(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+        fabric = LightningFabric(accelerator="cpu", devices=1)
+        model, optimizer = fabric.setup(*make_model())
+        # Lightning wraps only DataLoaders; batch_size=None passes the prepared batches as-is.
+        loader = fabric.setup_dataloaders(
+            DataLoader(_cycle(batches, steps), batch_size=None), use_distributed_sampler=False
+        )
+        mse = nn.functional.mse_loss
+
+        def run() -> None:
+            for x, y in loader:
+                loss = mse(model(x), y)
+                optimizer.zero_grad()
+                fabric.backward(loss)
+                optimizer.step()
+
+        return run
+
+    return {
+        "lightning": plain,
+        "lightning+callbacks": _fabric_callbacks_loop(LightningFabric),
+    }
+
+
+#: Every loop timed, by row name. ``raw`` must stay first: it is the denominator.
+LOOPS: dict[str, LoopBuilder] = {
+    "raw": raw_loop,
+    "fabric": fabric_loop,
+    "fabric+callbacks": _fabric_callbacks_loop(Fabric),
+}
+
+#: Row name -> the ratio to raw it must not exceed.
+TARGETS: dict[str, float] = {"fabric": 1.03, "fabric+callbacks": 1.06}
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def measure(
+    loops: c.Mapping[str, LoopBuilder], steps: int, rounds: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per round for every loop, rounds interleaved, order rotating each round."""
+    batches = make_batches()
+    names = list(loops)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            run = loops[name](steps, batches)  # fresh model each round: same work every time
+            start = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - start
+            if r >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def report(times: dict[str, list[float]], steps: int) -> bool:
+    raw = times["raw"]
+    ok = True
+    print(f"{'loop':<22}{'us/step':>9}{'median ratio':>14}{'min ratio':>11}{'target':>9}")
+    for name, samples in times.items():
+        ratio = statistics.median(s / r for s, r in zip(samples, raw))
+        best = min(samples) / min(raw)
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            met = ratio <= target
+            ok &= met
+            verdict = f"{target:8.2f}x {'met' if met else 'MISSED'}"
+        us = statistics.median(samples) / steps * 1e6
+        print(f"{name:<22}{us:9.1f}{ratio:13.3f}x{best:10.3f}x {verdict}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="steps per loop per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loops = {**LOOPS, **_lightning_loops()}
+    times = measure(loops, args.steps, args.rounds)
+    print(
+        f"torch {torch.__version__}, python {sys.version.split()[0]}, {args.threads} thread(s), "
+        f"{args.steps} steps x {args.rounds} rounds"
+    )
+    return 0 if report(times, args.steps) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
