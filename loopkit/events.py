@@ -316,6 +316,9 @@ class Bus:
         self._dispatchers: dict[str, _Dispatcher | None] = {}
         #: hook names with an ``every``/``once`` receiver.
         self._filtered: set[str] = set()
+        #: Grows whenever a subscription changes: an owner may cache what depends on who listens
+        #: (Fabric skips building the arguments of hooks nobody receives) and re-check on change.
+        self.version = 0
         self.add_fired(fires)
 
     def __repr__(self) -> str:
@@ -437,6 +440,7 @@ class Bus:
 
     def _forget(self, names: c.Iterable[str]) -> None:
         """Drop what is cached for ``names``; the next call rebuilds it."""
+        self.version += 1
         for name in set(names):
             self._ordered.pop(name, None)
             self._dispatchers.pop(name, None)
