@@ -38,7 +38,7 @@ OPTIONAL = {
     "console": "metrics as log lines",
     "progress_bar": "a progress bar (on a terminal)",
     "bf16-mixed": "bf16 mixed precision",
-    "schedulers": "a one-cycle learning-rate schedule",
+    "schedulers": "a cosine learning-rate schedule, stepped every epoch",
     "lr_monitor": "the learning rate in the logs",
 }
 
@@ -57,7 +57,7 @@ def spirals(n: int, seed: int, noise: float = 0.25) -> TensorDataset:
 class SpiralClassifier(loopkit.LoopModule):
     """An MLP classifier; everything about the loop is the Trainer's."""
 
-    def __init__(self, hidden: int = 64, lr: float = 0.01, total_steps: int = 0) -> None:
+    def __init__(self, hidden: int = 64, lr: float = 0.01, epochs: int = 8) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
@@ -87,12 +87,13 @@ class SpiralClassifier(loopkit.LoopModule):
 
     def configure_optimizers(self) -> t.Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
-        if "schedulers" not in registry() or not self.hparams.total_steps:
+        if "schedulers" not in registry():
             return optimizer
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.lr, total_steps=self.hparams.total_steps
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.epochs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
+        }
 
 
 class GradNormMonitor(loopkit.Callback):
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     loopkit.Fabric.seed_everything(args.seed)
     train_loader = DataLoader(spirals(4096, seed=args.seed), batch_size=64, shuffle=True)
     val_loader = DataLoader(spirals(1024, seed=args.seed + 1), batch_size=256)
-    module = SpiralClassifier(total_steps=args.epochs * len(train_loader))
+    module = SpiralClassifier(epochs=args.epochs)
 
     loggers = [name for name in ("tensorboard", "console") if have[name]]
     trainer = loopkit.Trainer(
