@@ -210,3 +210,34 @@ def test_trainer_accepts_the_aliases(given, canonical):
         enable_checkpointing=False,
     )
     assert trainer.precision.plugin_name == canonical
+
+
+def test_trainer_16_mixed_with_gradient_accumulation_equals_the_manual_loop():
+    pytest.importorskip("loopkit_accumulation", reason="needs loopkit-accumulation")
+
+    def scaler():
+        return torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+
+    trainer, module, record = fit(
+        FP16MixedPrecision(scaler=scaler()), epochs=3, accumulate_grad_batches=2
+    )
+    assert trainer.global_step == 6 and len(record.grads) == 6
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    raw_scaler = scaler()
+    for _ in range(3):
+        for i, (x, y) in enumerate(loader()):
+            if i % 2 == 0:
+                optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.mse_loss(model(x.half()), y.half())
+            raw_scaler.scale(loss.float() / 2).backward()
+            if i % 2 == 1:
+                raw_scaler.step(optimizer)
+                raw_scaler.update()
+    assert torch.equal(module.linear.weight, model.weight)
+    assert torch.equal(module.linear.bias, model.bias)
+    # six clean steps with growth_interval=2: the scale doubled three times, in both
+    assert trainer.precision.scaler.get_scale() == raw_scaler.get_scale() == 2.0**13
