@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import termios
+import textwrap
 import typing as t
 from pathlib import Path
 
@@ -18,6 +19,55 @@ import torch
 from torch import nn
 
 import loopkit
+
+# A Trainer run: a regressor logging train_loss/val_loss with prog_bar=True, 4 batches per epoch,
+# 2 epochs. Run in-process through fit() below, and as a script in subprocesses.
+TRAINING = textwrap.dedent(
+    """
+    import torch, loopkit
+    from torch.utils.data import DataLoader, TensorDataset
+
+
+    class Regressor(loopkit.LoopModule):
+        def __init__(self, lr=0.05, width=3, fail_at=None):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Linear(width, 1)
+            self.losses = []
+
+        def training_step(self, batch, batch_idx):
+            if len(self.losses) == self.hparams.fail_at:
+                raise RuntimeError(f"boom at batch {len(self.losses)}")
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log("train_loss", loss, prog_bar=True)
+            self.losses.append(loss.item())
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y), prog_bar=True)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+    def fit(logger, fail_at=None, **trainer_kwargs):
+        torch.manual_seed(0)
+        data = TensorDataset(torch.randn(32, 3), torch.randn(32, 1))
+        module = Regressor(fail_at=fail_at)
+        trainer = loopkit.Trainer(
+            accelerator="cpu", max_epochs=2, logger=logger, log_every_n_steps=1,
+            enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs,
+        )
+        trainer.fit(module, DataLoader(data, batch_size=8), DataLoader(data, batch_size=16))
+        return trainer, module
+    """
+)
+_training: dict[str, t.Any] = {}
+exec(compile(TRAINING, "<training>", "exec"), _training)
+#: fit(logger, fail_at=None, **trainer_kwargs) -> (trainer, module), from TRAINING.
+fit: t.Callable[..., t.Any] = _training["fit"]
 
 
 def fabric_run(

@@ -8,7 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import run_in_pty, run_script
+from conftest import TRAINING, run_in_pty, run_script
 
 import loopkit
 from loopkit_logging import ProgressBar, track
@@ -19,25 +19,14 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-# First a Trainer-shaped object driven through the real hook bus (the ProgressBar plugin), then
-# the track() helper in a Fabric loop, labelled Epoch 2 and 3.
-BARS = textwrap.dedent(
+# The Trainer's bar (prog_bar metrics of TRAINING's regressor, 2 epochs of 4 batches), then the
+# track() helper in a Fabric loop, labelled Epoch 2 and 3.
+BARS = TRAINING + textwrap.dedent(
     """
-    import types, loopkit
     from loopkit_logging import track
-    fabric = loopkit.Fabric(accelerator="cpu", plugins=["progress_bar"])
-    trainer = types.SimpleNamespace(
-        current_epoch=0, num_training_batches=4, global_rank=0, progress_bar_metrics={}
-    )
-    fabric.call("on_train_start", trainer=trainer)
-    for epoch in range(2):
-        trainer.current_epoch = epoch
-        fabric.call("on_train_epoch_start", trainer=trainer)
-        for i in range(4):
-            trainer.progress_bar_metrics = {"loss": 0.5 / (i + 1 + 4 * epoch), "hidden": None}
-            fabric.call("on_train_batch_end", trainer=trainer, batch_idx=i)
-        fabric.call("on_train_epoch_end", trainer=trainer)
-    fabric.call("on_train_end", trainer=trainer)
+    trainer, module = fit(False)
+    print("final", round(trainer.progress_bar_metrics["train_loss"].item(), 4), flush=True)
+    fabric = loopkit.Fabric(accelerator="cpu")
     for epoch in (2, 3):
         bar = track(range(5), fabric=fabric, epoch=epoch)
         for i in bar:
@@ -50,29 +39,37 @@ BARS = textwrap.dedent(
 def test_under_a_pseudo_terminal_the_bars_show_metrics(tmp_path: Path) -> None:
     rc, out = run_in_pty(BARS, tmp_path)
     assert rc == 0, out
-    assert all(f"Epoch {n}" in out for n in range(4))
-    assert "it/s" in out  # the rate
-    assert "4/4" in out and "loss=0.0625" in out  # plugin, last batch of epoch 1: 0.5 / 8
-    assert "hidden" not in out  # a None value is not shown
-    assert "5/5" in out and "acc=0.2" in out  # track()
+    # The Trainer's bar: epoch, batches, rate, and the metrics logged with prog_bar=True.
+    assert "Epoch 0" in out and "Epoch 1" in out and "4/4" in out and "it/s" in out
+    final = out.split("final")[-1].split()[0]
+    assert f"train_loss={float(final):.3g}" in out
+    assert "val_loss=" in out
+    # track() in a Fabric loop.
+    assert "Epoch 2" in out and "Epoch 3" in out and "5/5" in out and "acc=0.2" in out
     assert out.rstrip().endswith("done")
 
 
 def test_under_a_pipe_nothing_of_them_is_printed(tmp_path: Path) -> None:
     proc = run_script(BARS, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "done\n"
+    assert proc.stdout.startswith("final ") and proc.stdout.endswith("\ndone\n")
+    assert proc.stdout.count("\n") == 2
     assert proc.stderr == ""
 
 
-def test_other_ranks_print_nothing_even_on_a_terminal(tmp_path: Path) -> None:
-    # The trainer and the Fabric answer rank 1, as on rank 1 of a DDP run.
-    code = BARS.replace("global_rank=0", "global_rank=1").replace(
-        "fabric=fabric", "fabric=types.SimpleNamespace(global_rank=1)"
+def test_other_ranks_draw_nothing_on_a_terminal() -> None:
+    # What rank 1 of a DDP run sees: a terminal, and a host that answers global_rank=1.
+    stream = FakeTerminal()
+    bar = ProgressBar(stream=stream)
+    trainer = types.SimpleNamespace(
+        current_epoch=0, num_training_batches=2, global_rank=1, progress_bar_metrics={"x": 1.0}
     )
-    rc, out = run_in_pty(code, tmp_path)
-    assert rc == 0, out
-    assert out.strip() == "done"
+    for hook in ("on_train_start", "on_train_epoch_start", "on_train_batch_end",
+                 "on_train_epoch_end", "on_validation_start", "on_validation_end"):
+        getattr(bar, hook)(trainer)
+    assert not bar.enabled
+    assert list(track(range(3), fabric=trainer, stream=stream)) == [0, 1, 2]
+    assert stream.getvalue() == ""
 
 
 def test_plugin_bar_content_per_epoch() -> None:

@@ -7,57 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import f32, hparams_of, read_csv, run_in_pty, run_script, scalars
+from conftest import TRAINING, f32, fit, hparams_of, read_csv, run_script, scalars
 
 import loopkit
 from loopkit_logging import ConsoleLogger, CSVLogger, TensorBoardLogger
-
-# The module, data and fit of these tests; also run as a script in a subprocess.
-TRAINING = textwrap.dedent(
-    """
-    import torch, loopkit
-    from torch.utils.data import DataLoader, TensorDataset
-
-
-    class Regressor(loopkit.LoopModule):
-        def __init__(self, lr=0.05, width=3, fail_at=None):
-            super().__init__()
-            self.save_hyperparameters()
-            self.net = torch.nn.Linear(width, 1)
-            self.losses = []
-
-        def training_step(self, batch, batch_idx):
-            if len(self.losses) == self.hparams.fail_at:
-                raise RuntimeError(f"boom at batch {len(self.losses)}")
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("train_loss", loss, prog_bar=True)
-            self.losses.append(loss.item())
-            return loss
-
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y), prog_bar=True)
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-
-    def fit(logger, fail_at=None, **trainer_kwargs):
-        torch.manual_seed(0)
-        data = TensorDataset(torch.randn(32, 3), torch.randn(32, 1))
-        module = Regressor(fail_at=fail_at)
-        trainer = loopkit.Trainer(
-            accelerator="cpu", max_epochs=2, logger=logger, log_every_n_steps=1,
-            enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs,
-        )
-        trainer.fit(module, DataLoader(data, batch_size=8), DataLoader(data, batch_size=16))
-        return trainer, module
-    """
-)
-_names: dict[str, object] = {}
-exec(compile(TRAINING, "<training>", "exec"), _names)
-fit = _names["fit"]
 
 
 def test_tensorboard_scalar_series_and_hparams(tmp_path: Path) -> None:
@@ -133,30 +86,6 @@ def test_a_run_that_raises_midway_leaves_its_metrics_on_disk(tmp_path: Path) -> 
     logged = [float(r["train_loss"]) for r in rows if r["train_loss"]]
     assert logged == pytest.approx(expected, rel=1e-6)
     assert json.loads((log_dir / "hparams.json").read_text())["fail_at"] == 6
-
-
-PBAR_SCRIPT = TRAINING + textwrap.dedent(
-    """
-    trainer, module = fit(False)
-    print("final", round(trainer.progress_bar_metrics["train_loss"].item(), 4))
-    """
-)
-
-
-def test_progress_bar_under_a_pseudo_terminal_shows_prog_bar_metrics(tmp_path: Path) -> None:
-    rc, out = run_in_pty(PBAR_SCRIPT, tmp_path)
-    assert rc == 0, out
-    assert "Epoch 0" in out and "Epoch 1" in out and "4/4" in out and "it/s" in out
-    final = out.split("final")[-1].strip()
-    assert f"train_loss={float(final):.3g}" in out
-    assert "val_loss=" in out
-
-
-def test_progress_bar_under_a_pipe_prints_nothing_of_it(tmp_path: Path) -> None:
-    proc = run_script(PBAR_SCRIPT, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("final ") and proc.stdout.count("\n") == 1
-    assert "Epoch" not in proc.stderr and "it/s" not in proc.stderr
 
 
 def test_progress_bar_is_attached_by_the_trainer() -> None:
