@@ -2,9 +2,10 @@
 
 Run: ``.venv/bin/python bench/overhead.py``. One tiny model (MLP 32-64-1, batch 32, SGD, one
 torch thread) is trained for ``--steps`` steps by each loop in :data:`LOOPS`. The loops are timed
-in rounds, interleaved in this one process (the order rotates every round), so machine noise hits
-all of them alike. Each loop's figure is the median over rounds of its time divided by the raw
-loop's time in the same round, and the minimum-time ratio is printed beside it.
+in rounds, interleaved in this one process: within a round every loop runs ``--chunk`` steps in
+turn until each has run ``--steps``, and the order rotates every round, so machine noise hits all
+of them alike. Each loop's figure is the median over rounds of its round time divided by the raw
+loop's time in the same round; the ratio of the best rounds is printed beside it.
 
 Rows:
 
@@ -17,8 +18,8 @@ Rows:
 Targets: ``fabric`` at most 1.03x raw, ``fabric+callbacks`` at most 1.06x raw.
 
 To add a row (a ``Trainer`` loop, say), write a function taking ``(steps, batches)`` that builds
-its model from :func:`make_model` and returns a zero-argument callable running ``steps`` steps,
-then add it to :data:`LOOPS` (and to :data:`TARGETS` if it has one).
+its model from :func:`make_model` and returns a callable ``run(n)`` that trains the next ``n`` of
+those ``steps`` steps, then add it to :data:`LOOPS` (and to :data:`TARGETS` if it has one).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections.abc as c
 import importlib.util
+import itertools
 import statistics
 import sys
 import time
@@ -40,8 +42,9 @@ from torch import nn
 from loopkit import Fabric
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-#: A loop builder: (steps, batches) -> a callable that trains ``steps`` steps when called.
-LoopBuilder = c.Callable[[int, list[Batch]], c.Callable[[], None]]
+#: A loop builder: (steps, batches) -> ``run(n)``, which trains the next ``n`` of ``steps`` steps.
+Runner = c.Callable[[int], None]
+LoopBuilder = c.Callable[[int, list[Batch]], Runner]
 
 LR = 0.01
 HOOK_POINTS = ("on_train_batch_start", "on_after_forward", "on_before_step", "on_train_batch_end")
@@ -55,7 +58,9 @@ def make_model() -> tuple[nn.Module, torch.optim.Optimizer]:
 
 def make_batches(n: int = 64) -> list[Batch]:
     gen = torch.Generator().manual_seed(1)
-    return [(torch.randn(32, 32, generator=gen), torch.randn(32, 1, generator=gen)) for _ in range(n)]
+    return [
+        (torch.randn(32, 32, generator=gen), torch.randn(32, 1, generator=gen)) for _ in range(n)
+    ]
 
 
 def _cycle(batches: list[Batch], steps: int) -> list[Batch]:
@@ -65,13 +70,13 @@ def _cycle(batches: list[Batch], steps: int) -> list[Batch]:
 # -- the loops --------------------------------------------------------------------------------
 
 
-def raw_loop(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+def raw_loop(steps: int, batches: list[Batch]) -> Runner:
     model, optimizer = make_model()
-    data = _cycle(batches, steps)
+    data = iter(_cycle(batches, steps))
     mse = nn.functional.mse_loss
 
-    def run() -> None:
-        for x, y in data:
+    def run(n: int) -> None:
+        for x, y in itertools.islice(data, n):
             loss = mse(model(x), y)
             optimizer.zero_grad()
             loss.backward()
@@ -80,14 +85,14 @@ def raw_loop(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
     return run
 
 
-def fabric_loop(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+def fabric_loop(steps: int, batches: list[Batch]) -> Runner:
     fabric = Fabric(accelerator="cpu")
     model, optimizer = fabric.setup(*make_model())
-    data = fabric.setup_dataloaders(_cycle(batches, steps))
+    data = iter(fabric.setup_dataloaders(_cycle(batches, steps)))
     mse = nn.functional.mse_loss
 
-    def run() -> None:
-        for x, y in data:
+    def run(n: int) -> None:
+        for x, y in itertools.islice(data, n):
             loss = mse(model(x), y)
             optimizer.zero_grad()
             fabric.backward(loss)
@@ -139,16 +144,16 @@ def _callbacks() -> list[object]:
 
 
 def _fabric_callbacks_loop(fabric_cls: t.Any) -> LoopBuilder:
-    def build(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+    def build(steps: int, batches: list[Batch]) -> Runner:
         fabric = fabric_cls(accelerator="cpu", callbacks=_callbacks())
         model, optimizer = fabric.setup(*make_model())
-        data = fabric.setup_dataloaders(_cycle(batches, steps))
+        data = enumerate(fabric.setup_dataloaders(_cycle(batches, steps)))
         mse = nn.functional.mse_loss
         call = fabric.call
         start, after_forward, before_step, end = HOOK_POINTS
 
-        def run() -> None:
-            for batch_idx, (x, y) in enumerate(data):
+        def run(n: int) -> None:
+            for batch_idx, (x, y) in itertools.islice(data, n):
                 call(start, batch=(x, y), batch_idx=batch_idx)
                 loss = mse(model(x), y)
                 call(after_forward, loss=loss)
@@ -169,17 +174,18 @@ def _lightning_loops() -> dict[str, LoopBuilder]:
     from lightning.fabric import Fabric as LightningFabric
     from torch.utils.data import DataLoader
 
-    def plain(steps: int, batches: list[Batch]) -> c.Callable[[], None]:
+    def plain(steps: int, batches: list[Batch]) -> Runner:
         fabric = LightningFabric(accelerator="cpu", devices=1)
         model, optimizer = fabric.setup(*make_model())
         # Lightning wraps only DataLoaders; batch_size=None passes the prepared batches as-is.
         loader = fabric.setup_dataloaders(
             DataLoader(_cycle(batches, steps), batch_size=None), use_distributed_sampler=False
         )
+        data = iter(loader)
         mse = nn.functional.mse_loss
 
-        def run() -> None:
-            for x, y in loader:
+        def run(n: int) -> None:
+            for x, y in itertools.islice(data, n):
                 loss = mse(model(x), y)
                 optimizer.zero_grad()
                 fabric.backward(loss)
@@ -208,21 +214,26 @@ TARGETS: dict[str, float] = {"fabric": 1.03, "fabric+callbacks": 1.06}
 
 
 def measure(
-    loops: c.Mapping[str, LoopBuilder], steps: int, rounds: int, warmup: int = 1
+    loops: c.Mapping[str, LoopBuilder], steps: int, rounds: int, chunk: int, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per round for every loop, rounds interleaved, order rotating each round."""
+    """Seconds per round for every loop: chunks interleaved, order rotating each round."""
     batches = make_batches()
     names = list(loops)
     times: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
     for r in range(warmup + rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            run = loops[name](steps, batches)  # fresh model each round: same work every time
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                times[name].append(elapsed)
+        runners = {name: loops[name](steps, batches) for name in order}  # fresh models
+        spent = dict.fromkeys(order, 0.0)
+        for done in range(0, steps, chunk):
+            n = min(chunk, steps - done)
+            for name in order:
+                start = clock()
+                runners[name](n)
+                spent[name] += clock() - start
+        if r >= warmup:
+            for name in order:
+                times[name].append(spent[name])
     return times
 
 
@@ -248,14 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="steps per loop per round")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--chunk", type=int, default=50, help="steps per turn within a round")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loops = {**LOOPS, **_lightning_loops()}
-    times = measure(loops, args.steps, args.rounds)
+    times = measure(loops, args.steps, args.rounds, args.chunk)
     print(
         f"torch {torch.__version__}, python {sys.version.split()[0]}, {args.threads} thread(s), "
-        f"{args.steps} steps x {args.rounds} rounds"
+        f"{args.steps} steps x {args.rounds} rounds, interleaved every {args.chunk} steps"
     )
     return 0 if report(times, args.steps) else 1
 

@@ -141,6 +141,9 @@ class Fabric:
         self._sole: tuple[FabricModule, nn.Module, nn.Module] | None = None
         self._module_subscriptions: dict[int, list[Subscription]] = {}
         self._backward_calls = 0
+        #: Which of Fabric's own hooks have receivers, as of bus version ``_live_version``.
+        self._live: frozenset[str] = frozenset()
+        self._live_version = -1
         self._launched = False
         self._warned_no_sync = False
 
@@ -313,6 +316,18 @@ class Fabric:
         self._phase_wrappers[phase].append(wrapper)
         self._refresh_fast_paths()
         return _PhaseHandle(self, phase, wrapper)
+
+    def _listening(self) -> frozenset[str]:
+        """The hooks Fabric fires itself that have receivers now (cached per bus version).
+
+        The step methods read the cache directly and fire a hook only when it has receivers,
+        so that a loop without callbacks does not even build the hooks' arguments.
+        """
+        bus = self._bus
+        if bus.version != self._live_version:
+            self._live = frozenset(name for name in FABRIC_FIRES if bus.receivers(name))
+            self._live_version = bus.version
+        return self._live
 
     def _refresh_fast_paths(self) -> None:
         self._forward_active = bool(self._precision.active or self._phase_wrappers["forward"])
@@ -526,13 +541,17 @@ class Fabric:
             self._backward_in_phase(tensor, module, fwd, args, kwargs)
             return
         bus = self._bus
-        trainer = self._trainer
-        bus.call("on_before_backward", fabric=self, trainer=trainer, module=module, loss=tensor)
+        live = self._live if bus.version == self._live_version else self._listening()
+        if "on_before_backward" in live:
+            bus.call(
+                "on_before_backward", fabric=self, trainer=self._trainer, module=module, loss=tensor
+            )
         if self._direct_backward:
             tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
         else:
             self._strategy.backward(tensor, fwd, *args, **kwargs)
-        bus.call("on_after_backward", fabric=self, trainer=trainer, module=module)
+        if "on_after_backward" in live:
+            bus.call("on_after_backward", fabric=self, trainer=self._trainer, module=module)
 
     def _backward_in_phase(
         self,
@@ -553,6 +572,17 @@ class Fabric:
             self._strategy.backward(loss, fwd, *args, **kwargs)
             bus.call("on_after_backward", fabric=self, trainer=self._trainer, module=module)
 
+    def _step_in_phase(
+        self,
+        optimizer: torch.optim.Optimizer,
+        module: nn.Module | None,
+        closure: c.Callable[[], t.Any] | None,
+        kwargs: dict[str, t.Any],
+    ) -> t.Any:
+        with contextlib.ExitStack() as stack:
+            self._enter_phase(stack, Phase("optimizer_step", module, optimizer))
+            return self._strategy.optimizer_step(optimizer, closure, **kwargs)
+
     def _wrapper_of(self, model: nn.Module, what: str) -> FabricModule:
         if isinstance(model, FabricModule) and model._fabric is self:
             return model
@@ -563,47 +593,6 @@ class Fabric:
                 "Fabric; pass the module returned by fabric.setup()"
             )
         return wrapped
-
-    def _optimizer_step(
-        self,
-        optimizer: torch.optim.Optimizer,
-        module: nn.Module | None,
-        closure: c.Callable[[], t.Any] | None,
-        kwargs: dict[str, t.Any],
-    ) -> t.Any:
-        if not self._backward_calls and closure is None and self._precision.needs_fabric_backward:
-            raise RuntimeError(
-                f"optimizer.step() ran but fabric.backward() was never called: the "
-                f"{self._precision!r} precision scales the loss, so replace loss.backward() "
-                "with fabric.backward(loss)"
-            )
-        if closure is None:
-            unscale = self._unscale
-            if unscale is not None:
-                unscale(optimizer)
-            self._bus.call(
-                "on_before_optimizer_step",
-                fabric=self, trainer=self._trainer, module=module, optimizer=optimizer,
-            )  # fmt: skip
-        else:
-            closure = _StepClosure(self, optimizer, module, closure)
-        if self._phase_wrappers["optimizer_step"]:
-            with contextlib.ExitStack() as stack:
-                self._enter_phase(stack, Phase("optimizer_step", module, optimizer))
-                out = self._strategy.optimizer_step(optimizer, closure, **kwargs)
-        elif not self._direct_step:
-            out = self._strategy.optimizer_step(optimizer, closure, **kwargs)
-        elif closure is not None:
-            out = optimizer.step(closure, **kwargs)
-        elif kwargs:
-            out = optimizer.step(**kwargs)
-        else:
-            out = optimizer.step()
-        self._bus.call(
-            "on_optimizer_step",
-            fabric=self, trainer=self._trainer, module=module, optimizer=optimizer,
-        )  # fmt: skip
-        return out
 
     def clip_gradients(
         self,
@@ -899,34 +888,6 @@ class Fabric:
             target.load_state_dict(value, strict=strict)
         else:
             target.load_state_dict(value)
-
-
-class _StepClosure:
-    """The closure a step runs: the user's, then unscaling and ``on_before_optimizer_step``.
-
-    An object rather than a nested function, so the common closure-less step allocates nothing.
-    """
-
-    __slots__ = ("closure", "fabric", "module", "optimizer")
-
-    def __init__(
-        self,
-        fabric: Fabric,
-        optimizer: torch.optim.Optimizer,
-        module: nn.Module | None,
-        closure: c.Callable[[], t.Any],
-    ) -> None:
-        self.fabric, self.optimizer, self.module, self.closure = fabric, optimizer, module, closure
-
-    def __call__(self) -> t.Any:
-        result = self.closure()
-        fabric = self.fabric
-        fabric._precision.unscale_gradients(self.optimizer)
-        fabric._bus.call(
-            "on_before_optimizer_step",
-            fabric=fabric, trainer=fabric._trainer, module=self.module, optimizer=self.optimizer,
-        )  # fmt: skip
-        return result
 
 
 class _Launched:

@@ -198,7 +198,54 @@ class FabricOptimizer:
         return self._optimizer
 
     def _fabric_step(self, closure: c.Callable[[], t.Any] | None = None, **kwargs: t.Any) -> t.Any:
-        return self._fabric._optimizer_step(self._optimizer, self._module, closure, kwargs)
+        # The hot path: the step's whole logic is here, in one frame.
+        fabric = self._fabric
+        optimizer = self._optimizer
+        if (
+            not fabric._backward_calls
+            and closure is None
+            and fabric._precision.needs_fabric_backward
+        ):
+            raise RuntimeError(
+                f"optimizer.step() ran but fabric.backward() was never called: the "
+                f"{fabric._precision!r} precision scales the loss, so replace loss.backward() "
+                "with fabric.backward(loss)"
+            )
+        bus = fabric._bus
+        live = fabric._live if bus.version == fabric._live_version else fabric._listening()
+        if closure is not None:
+            closure = _StepClosure(self, closure)
+        else:
+            unscale = fabric._unscale
+            if unscale is not None:
+                unscale(optimizer)
+            if "on_before_optimizer_step" in live:
+                bus.call(
+                    "on_before_optimizer_step",
+                    fabric=fabric,
+                    trainer=fabric._trainer,
+                    module=self._module,
+                    optimizer=optimizer,
+                )
+        if fabric._phase_wrappers["optimizer_step"]:
+            out = fabric._step_in_phase(optimizer, self._module, closure, kwargs)
+        elif not fabric._direct_step:
+            out = fabric._strategy.optimizer_step(optimizer, closure, **kwargs)
+        elif closure is not None:
+            out = optimizer.step(closure, **kwargs)
+        elif kwargs:
+            out = optimizer.step(**kwargs)
+        else:
+            out = optimizer.step()
+        if "on_optimizer_step" in live:
+            bus.call(
+                "on_optimizer_step",
+                fabric=fabric,
+                trainer=fabric._trainer,
+                module=self._module,
+                optimizer=optimizer,
+            )
+        return out
 
     def _set_step(self, value: c.Callable[..., t.Any]) -> None:
         self._step = value
@@ -211,19 +258,20 @@ class FabricOptimizer:
     # dictionary it would shadow the original's own ``step``, which the wrapper's step ends by
     # calling; and a ``step`` patched onto the original cannot shadow the wrapper's. Reading it
     # runs no Python code (attrgetter).
-    step = property(
-        operator.attrgetter("_step"), _set_step, _del_step, doc="Step through Fabric."
-    )
+    step = property(operator.attrgetter("_step"), _set_step, _del_step, doc="Step through Fabric.")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         fabric = self._fabric
-        fabric._bus.call(
-            "on_before_zero_grad",
-            fabric=fabric,
-            trainer=fabric._trainer,
-            module=self._module,
-            optimizer=self._optimizer,
-        )
+        bus = fabric._bus
+        live = fabric._live if bus.version == fabric._live_version else fabric._listening()
+        if "on_before_zero_grad" in live:
+            bus.call(
+                "on_before_zero_grad",
+                fabric=fabric,
+                trainer=fabric._trainer,
+                module=self._module,
+                optimizer=self._optimizer,
+            )
         if set_to_none:
             self._optimizer.zero_grad()
         else:
@@ -249,6 +297,33 @@ class FabricOptimizer:
 
     def __repr__(self) -> str:
         return f"FabricOptimizer({self._optimizer!r})"
+
+
+class _StepClosure:
+    """What a step with a closure runs: the user's closure, then unscaling and the hook.
+
+    ``on_before_optimizer_step`` must see the gradients the closure computed, unscaled.
+    """
+
+    __slots__ = ("closure", "wrapped")
+
+    def __init__(self, wrapped: FabricOptimizer, closure: c.Callable[[], t.Any]) -> None:
+        self.wrapped, self.closure = wrapped, closure
+
+    def __call__(self) -> t.Any:
+        result = self.closure()
+        wrapped = self.wrapped
+        fabric = wrapped._fabric
+        fabric._precision.unscale_gradients(wrapped._optimizer)
+        if "on_before_optimizer_step" in fabric._listening():
+            fabric._bus.call(
+                "on_before_optimizer_step",
+                fabric=fabric,
+                trainer=fabric._trainer,
+                module=wrapped._module,
+                optimizer=wrapped._optimizer,
+            )
+        return result
 
 
 _classes: dict[type, type] = {}
