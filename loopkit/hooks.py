@@ -61,7 +61,7 @@ hook                      normal end  ``max_steps`` reached  batch start returns
                                       or ``should_stop``
 ========================  ==========  =====================  ======================  ==========
 on_train_batch_end        yes         yes, for that batch    no, for that batch      no
-on_validation_* (if due)  yes         yes                    at the epoch's end      no
+on_validation_* (if due)  yes         yes                    no, rest of the epoch   no
 on_train_epoch_end        yes         yes                    yes                     no
 on_train_end              yes         yes                    yes (at the end)        no
 on_fit_end                yes         yes                    yes (at the end)        no
@@ -71,7 +71,8 @@ on_exception              no          no                     no                 
 ``should_stop`` (set by a callback or the module) and ``max_steps`` are read after every batch:
 the current batch finishes, ``on_train_epoch_end`` fires, and training ends as if
 ``max_epochs`` were reached. A receiver of ``on_train_batch_start`` returning ``-1`` skips the
-rest of the current epoch only; the next epoch starts as usual. When an exception (a
+rest of the current epoch (that batch, its validation, the epoch's remaining batches) and
+``on_train_epoch_end`` fires; the next epoch starts as usual. When an exception (a
 ``KeyboardInterrupt`` included) leaves the loop, ``on_exception`` fires with it and the
 exception is then re-raised unchanged; no ``*_end`` hook fires after it. An exception raised by
 a receiver carries a note naming the receiver and the hook (see :mod:`loopkit.events`).
