@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).parent / "scripts"
+#: A guard against hangs, not a speed target: a run takes 10-30 s, but starting Python and torch
+#: in 3 processes can take much longer on a loaded machine or without compiled bytecode.
+TIMEOUT = 240
 PYTHON = sys.executable
 
 
@@ -42,6 +45,8 @@ class Finished:
     stdout: str
     stderr: str
     seconds: float
+    #: ``time.time()`` when the command's last process was gone.
+    ended_at: float
 
     @property
     def output(self) -> str:
@@ -61,7 +66,7 @@ def _group_alive(pgid: int) -> bool:
 def run_command(
     args: list[str],
     *,
-    timeout: float = 60,
+    timeout: float = TIMEOUT,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Finished:
@@ -97,7 +102,7 @@ def run_command(
     if _group_alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"{args} left processes behind\nstderr:\n{err}")
-    return Finished(proc.returncode, out, err, seconds)
+    return Finished(proc.returncode, out, err, seconds, time.time())
 
 
 def python_script(name: str, *args: str, **kw: object) -> Finished:

@@ -8,6 +8,7 @@ It holds no distributed code of its own: strategy and devices come from the argu
 import argparse
 import os
 import sys
+import time
 
 import torch
 from torch import nn
@@ -55,6 +56,8 @@ def train(fabric: Fabric, args: argparse.Namespace) -> dict:
             batches += 1
             failing = fabric.global_rank == args.fail_rank and batches == args.fail_step
             if failing:
+                with open(os.path.join(args.out, "failed_at"), "w") as f:
+                    f.write(repr(time.time()))
                 raise ValueError(f"boom at step {batches} on rank {fabric.global_rank}")
             if accumulation is not None:
                 with accumulation(net, i, len(loader), epoch=_epoch) as steps:
