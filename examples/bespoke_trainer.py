@@ -12,7 +12,6 @@ Run: ``python examples/bespoke_trainer.py``.
 
 from __future__ import annotations
 
-import functools
 import typing as t
 
 import torch
@@ -42,31 +41,31 @@ class AlternatingGANTrainer:
             raise ValueError("configure_optimizers() must return (g_opt, d_opt), no schedulers")
         model, g_opt, d_opt = fabric.setup(module, *optimizers)
         loader = fabric.setup_dataloaders(data)
-        # Every hook the loop fires, and ours, carry trainer= and module=.
-        call = functools.partial(fabric.call, trainer=self, module=module)
+        # The loop passes trainer= and module= with every hook it fires; ours do the same.
+        call = fabric.call
 
         def train_step(batch: t.Any, batch_idx: int) -> dict[str, torch.Tensor]:
             d_loss = model.discriminator_loss(batch)
             d_opt.zero_grad()
             fabric.backward(d_loss)
             d_opt.step()
-            call("on_discriminator_step", loss=d_loss.detach(), batch_idx=batch_idx)
+            call("on_discriminator_step", trainer=self, module=module, loss=d_loss.detach())
             out = {"d_loss": d_loss.detach()}
             if (batch_idx + 1) % self.k == 0:
                 g_loss = model.generator_loss(batch)
                 g_opt.zero_grad()
                 fabric.backward(g_loss)
                 g_opt.step()
-                call("on_generator_step", loss=g_loss.detach(), batch_idx=batch_idx)
+                call("on_generator_step", trainer=self, module=module, loss=g_loss.detach())
                 out["g_loss"] = g_loss.detach()
             self.progress.stepped = True  # global_step: one per batch that stepped
             return out
 
         module.train()
-        loop = FitLoop(call, self.progress, max_epochs=self.max_epochs)
-        call("on_fit_start")
+        loop = FitLoop(call, self.progress, trainer=self, module=module, max_epochs=self.max_epochs)
+        call("on_fit_start", trainer=self, module=module)
         loop.run(loader, train_step, num_batches=len(loader))
-        call("on_fit_end")
+        call("on_fit_end", trainer=self, module=module)
 
 
 # -- a user of it -----------------------------------------------------------------------------

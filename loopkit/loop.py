@@ -3,9 +3,9 @@
 :class:`FitLoop` knows nothing of optimizers, precision or logging. It walks the data, keeps the
 counters in :class:`Progress`, asks a ``training_step(batch, batch_idx)`` callable to do the
 batch's work, runs a ``validate()`` callable when validation is due, and fires the declared loop
-hooks through a ``call(hook_name, **kwargs)`` callable (usually the bus's ``call`` with
-``trainer=`` and ``module=`` bound). ``loopkit.Trainer`` is one user of it; a bespoke trainer can
-be another (see ``examples/bespoke_trainer.py``).
+hooks through a ``call(hook_name, **kwargs)`` callable (the bus's ``call``, or ``fabric.call``),
+always with ``trainer=`` and ``module=``. ``loopkit.Trainer`` is one user of it; a bespoke
+trainer can be another (see ``examples/bespoke_trainer.py``).
 
 This module must never import a plugin, and its per-batch path does no introspection.
 """
@@ -89,6 +89,7 @@ class FitLoop:
     """Epochs of batches until ``max_epochs``, ``max_steps`` or ``progress.should_stop``.
 
     :param call: fires a hook: ``call(name, **kwargs) -> [(receiver, result), ...]``.
+    :param trainer: passed as ``trainer=`` to every hook (and ``module`` as ``module=``).
     :param max_epochs: None or -1 for no limit on epochs.
     :param max_steps: -1 (or None) for no limit on ``global_step``.
     :param val_every_n_batches: validate after every N training batches; None validates after
@@ -102,6 +103,8 @@ class FitLoop:
         call: Call,
         progress: Progress | None = None,
         *,
+        trainer: t.Any = None,
+        module: t.Any = None,
         max_epochs: int | None = None,
         max_steps: int | None = -1,
         val_every_n_batches: int | None = None,
@@ -113,6 +116,7 @@ class FitLoop:
                 "max_epochs=N, max_steps=N, or max_epochs=-1 to train until should_stop is set"
             )
         self.call = call
+        self.trainer, self.module = trainer, module
         self.progress = progress if progress is not None else Progress()
         self.max_epochs = -1 if max_epochs is None else max_epochs
         self.max_steps = -1 if max_steps is None else max_steps
@@ -149,14 +153,16 @@ class FitLoop:
         num_batches: float = math.inf,
     ) -> None:
         """Train on ``data`` (at most ``num_batches`` batches per epoch) until a stop condition."""
-        p, call = self.progress, self.call
-        call("on_train_start")
+        p, call, tr, mod = self.progress, self.call, self.trainer, self.module
+        call("on_train_start", trainer=tr, module=mod)
         while not (self.epochs_done() or self.steps_done() or p.should_stop):
-            call("on_train_epoch_start")
+            call("on_train_epoch_start", trainer=tr, module=mod)
             ran, steps_before = 0, p.global_step
             for batch_idx, batch, is_last in batches(data, num_batches):
                 p.batch_idx, p.is_last_batch = batch_idx, is_last
-                answers = call("on_train_batch_start", batch=batch, batch_idx=batch_idx)
+                answers = call(
+                    "on_train_batch_start", trainer=tr, module=mod, batch=batch, batch_idx=batch_idx
+                )
                 if answers and _ends_epoch(answers):
                     break
                 p.stepped = False
@@ -165,12 +171,15 @@ class FitLoop:
                     p.global_step += 1
                 p.total_batches += 1
                 ran += 1
-                call("on_train_batch_end", outputs=outputs, batch=batch, batch_idx=batch_idx)
+                call(
+                    "on_train_batch_end",
+                    trainer=tr, module=mod, outputs=outputs, batch=batch, batch_idx=batch_idx,
+                )  # fmt: skip
                 if validate is not None and self._val_due(batch_idx, is_last):
                     validate()
                 if p.should_stop or self.steps_done():
                     break
-            call("on_train_epoch_end")
+            call("on_train_epoch_end", trainer=tr, module=mod)
             p.epoch += 1
             stuck = p.global_step == steps_before and not p.should_stop
             if self.max_epochs == -1 and self.max_steps >= 0 and stuck:
@@ -182,7 +191,7 @@ class FitLoop:
                     stacklevel=2,
                 )
                 break
-        call("on_train_end")
+        call("on_train_end", trainer=tr, module=mod)
 
 
 def _ends_epoch(answers: list[tuple[object, t.Any]]) -> bool:
@@ -195,20 +204,26 @@ def run_validation(
     loaders: c.Sequence[c.Iterable[t.Any]],
     validation_step: c.Callable[[t.Any, int, int], t.Any],
     limits: c.Sequence[float],
+    *,
+    trainer: t.Any = None,
+    module: t.Any = None,
 ) -> None:
     """One validation run over ``loaders`` (at most ``limits[i]`` batches of loader ``i``)."""
-    call("on_validation_start")
-    call("on_validation_epoch_start")
+    tr, mod = trainer, module
+    call("on_validation_start", trainer=tr, module=mod)
+    call("on_validation_epoch_start", trainer=tr, module=mod)
     for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
         for batch_idx, batch, _ in batches(loader, limit):
             call(
                 "on_validation_batch_start",
-                batch=batch, batch_idx=batch_idx, dataloader_idx=dataloader_idx,
+                trainer=tr, module=mod, batch=batch, batch_idx=batch_idx,
+                dataloader_idx=dataloader_idx,
             )  # fmt: skip
             outputs = validation_step(batch, batch_idx, dataloader_idx)
             call(
                 "on_validation_batch_end",
-                outputs=outputs, batch=batch, batch_idx=batch_idx, dataloader_idx=dataloader_idx,
+                trainer=tr, module=mod, outputs=outputs, batch=batch, batch_idx=batch_idx,
+                dataloader_idx=dataloader_idx,
             )  # fmt: skip
-    call("on_validation_epoch_end")
-    call("on_validation_end")
+    call("on_validation_epoch_end", trainer=tr, module=mod)
+    call("on_validation_end", trainer=tr, module=mod)

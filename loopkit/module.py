@@ -77,24 +77,16 @@ class LoopOptimizer(FabricOptimizer):
     """What ``self.optimizers()`` returns: the Fabric-wrapped optimizer, plus ``toggle_model``.
 
     The trainer turns each optimizer Fabric wrapped into an instance of a subclass of this class
-    (the instance is the same object; only its class changes), so the wrapper stays the one
-    ``fabric.setup`` made. ``step`` also tells the trainer that an optimizer stepped in the
-    current batch, which is what ``global_step`` counts.
+    (the same object: only its class changes, and this class adds no state), so the wrapper stays
+    the one ``fabric.setup`` made, with its shared attributes and its ``step``.
     """
-
-    _loop: t.Any
-
-    def step(self, closure: c.Callable[[], t.Any] | None = None, **kwargs: t.Any) -> t.Any:
-        out = super().step(closure, **kwargs)
-        self._loop.progress.stepped = True
-        return out
 
     @contextlib.contextmanager
     def toggle_model(self, sync_grad: bool = True) -> c.Iterator[None]:
         """Train only this optimizer's parameters in the block; ``sync_grad=False`` skips the
         gradient synchronisation of distributed training (accumulation). Needs the ``toggling``
         plugin (loopkit-toggling)."""
-        trainer = self._loop
+        trainer = self._fabric._trainer
         plugin = get_toggling(trainer)
         with plugin.toggled(
             trainer.lightning_module, self, trainer.optimizers, sync_grad=sync_grad,
@@ -106,21 +98,30 @@ class LoopOptimizer(FabricOptimizer):
 _loop_classes: dict[type, type] = {}
 
 
-def as_loop_optimizer(wrapped: FabricOptimizer, trainer: t.Any) -> LoopOptimizer:
-    """Give ``wrapped`` (made by ``fabric.setup``) the :class:`LoopOptimizer` methods, in place.
+def as_loop_optimizer(wrapped: FabricOptimizer, progress: t.Any) -> LoopOptimizer:
+    """Make ``wrapped`` (from ``fabric.setup``) a :class:`LoopOptimizer` whose steps are counted.
 
-    ``trainer`` is the trainer running the module: it has ``progress.stepped``, ``optimizers``,
-    ``lightning_module`` and ``fabric``.
+    ``progress`` is the trainer's :class:`~loopkit.loop.Progress`: each step sets its ``stepped``
+    (``global_step`` counts batches on which an optimizer stepped). The counting step replaces
+    the wrapper's ``step`` on this instance only (``FabricOptimizer.step`` is settable for that).
     """
     cls = type(wrapped)
     if not isinstance(wrapped, LoopOptimizer):
         made = _loop_classes.get(cls)
         if made is None:
-            made = type(f"Loop{cls.__name__}", (LoopOptimizer, cls), {"__init__": None})
+            made = type(f"Loop{cls.__name__}", (LoopOptimizer, cls), {})
             _loop_classes[cls] = made
-        # object.__setattr__: the wrapper's own __setattr__ forwards to the user's optimizer.
+        # object.__setattr__: nothing may reach the user's optimizer, whose attributes the
+        # wrapper shares.
         object.__setattr__(wrapped, "__class__", made)
-    object.__setattr__(wrapped, "_loop", trainer)
+    fabric_step = wrapped.step
+
+    def counted_step(closure: c.Callable[[], t.Any] | None = None, **kwargs: t.Any) -> t.Any:
+        out = fabric_step(closure, **kwargs)
+        progress.stepped = True
+        return out
+
+    wrapped.step = counted_step
     return t.cast(LoopOptimizer, wrapped)
 
 

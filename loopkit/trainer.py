@@ -342,17 +342,18 @@ class Trainer:
             optimizers, self.lr_scheduler_configs = parse_configure_optimizers(
                 module.configure_optimizers()
             )
-            self.optimizers = [
-                as_loop_optimizer(o, self) for o in _as_list(fabric.setup_optimizers(*optimizers))
-            ] if optimizers else []  # fmt: skip
+            wrapped = _as_list(fabric.setup_optimizers(*optimizers)) if optimizers else []
+            self.optimizers = [as_loop_optimizer(o, self.progress) for o in wrapped]
             self._check_options(module)
             clip_subscription = self._connect_clipping(module)
             train_loader = fabric.setup_dataloaders(train)
             self.num_training_batches = _limit(_length(train_loader), self.limit_train_batches)
             val_loaders = self._setup_val(module, val)
             self.loop = FitLoop(
-                functools.partial(fabric.bus.call, trainer=self, module=module),
+                fabric.bus.call,
                 self.progress,
+                trainer=self,
+                module=module,
                 max_epochs=self.max_epochs,
                 max_steps=self.max_steps,
                 **self._val_schedule(),
@@ -473,25 +474,34 @@ class Trainer:
         return {"val_every_n_batches": interval, "val_every_n_epochs": every_epoch}
 
     def _manual_step(self) -> c.Callable[[t.Any, int], t.Any]:
-        call_step = self._step_caller("training_step")
-        return lambda batch, batch_idx: call_step(batch, batch_idx)
+        return self._step_caller("training_step")
 
     def _step_caller(self, name: str) -> c.Callable[..., t.Any]:
-        """A function calling ``module.<name>(*args)`` through the set-up module's forward.
+        """A function calling ``module.<name>(*args)``, through forward when something needs it.
 
-        Running the step through forward lets the precision's autocast, the strategy's parallel
-        wrapper (DDP) and plugins' forward-phase contexts see it. When none is active the method
-        is called directly (the fast path, decided per call because plugins can join later).
+        Running the step through the set-up module's forward lets the precision's autocast, the
+        strategy's parallel wrapper (DDP) and plugins' forward-phase contexts see it. When none
+        is active the method is called directly (decided per call: plugins can join later).
         """
-        module, wrapped, fabric = t.cast(LoopModule, self._module), self._wrapped, self.fabric
-        assert wrapped is not None
+        module, fabric = t.cast(LoopModule, self._module), self.fabric
         method = getattr(module, name)
-        direct = wrapped.forward_module is module
+        redirect = self._redirect(name)
+        direct = self._wrapped is not None and self._wrapped.forward_module is module
 
-        def redirected(*args: t.Any) -> t.Any:
+        def call_step(*args: t.Any) -> t.Any:
             if direct and not fabric._forward_active:
                 return method(*args)
+            return redirect(*args)
 
+        return call_step
+
+    def _redirect(self, name: str) -> c.Callable[..., t.Any]:
+        """A function running ``module.<name>(*args)`` as the set-up module's forward."""
+        module, wrapped = t.cast(LoopModule, self._module), self._wrapped
+        assert wrapped is not None
+        method = getattr(module, name)
+
+        def redirected(*args: t.Any) -> t.Any:
             def forward(*a: t.Any, **kw: t.Any) -> t.Any:
                 # Unpatch first: the step itself may call self(...) and mean the real forward.
                 module.__dict__.pop("forward", None)
@@ -533,10 +543,12 @@ class Trainer:
         try:
             with torch.no_grad():
                 run_validation(
-                    functools.partial(self.fabric.bus.call, trainer=self, module=module),
+                    self.fabric.bus.call,
                     loaders,
                     validation_step,
                     self.num_val_batches,
+                    trainer=self,
+                    module=module,
                 )
         finally:
             self.validating = False
@@ -620,7 +632,9 @@ class _AutomaticStep:
         self.bus, self.progress = trainer.fabric.bus, trainer.progress
         self.wrapped = trainer._wrapped
         self.optimizers = list(trainer.optimizers)
-        self.call_step = trainer._step_caller("training_step")
+        self.training_step = module.training_step
+        self.redirect = trainer._redirect("training_step")
+        self.direct = self.wrapped is not None and self.wrapped.forward_module is module
         self.style, self.nargs = _optimizer_step_style(module)
         self.step_hook: c.Callable[..., t.Any] = module.optimizer_step
         accepts, requires = _takes_optimizer_idx(module.training_step)
@@ -637,11 +651,14 @@ class _AutomaticStep:
         overridden = type(module).optimizer_zero_grad is not LoopModule.optimizer_zero_grad
         self.zero_grad_hook = module.optimizer_zero_grad if overridden else None
         self.accumulated = [False] * len(self.optimizers)
-        self.toggling = (
-            get_toggling(trainer) if len(self.optimizers) > 1 and "toggling" in registry() else None
-        )
+        # The earliest API (reference 002) predates toggling: its schedules let gradients
+        # accumulate across optimizers between steps, which freezing parameters would change.
+        toggles = len(self.optimizers) > 1 and self.style is not _V0
+        self.toggling = get_toggling(trainer) if toggles and "toggling" in registry() else None
         self.output: t.Any = None
         self.warned_none = False
+        # Receivers of the query are known at fit start (the accumulation plugin attaches before).
+        self.query = bool(self.bus.receivers("should_optimizer_step"))
 
     def __call__(self, batch: t.Any, batch_idx: int) -> t.Any:
         if not self.optimizers:
@@ -651,11 +668,13 @@ class _AutomaticStep:
             )
             return _batch_output(self.output)
         accumulate = False
-        for _, answer in self.bus.call(
-            "should_optimizer_step", trainer=self.trainer, module=self.module, batch_idx=batch_idx
-        ):
-            if answer is False:
-                accumulate = True
+        if self.query:
+            for _, answer in self.bus.call(
+                "should_optimizer_step",
+                trainer=self.trainer, module=self.module, batch_idx=batch_idx,
+            ):  # fmt: skip
+                if answer is False:
+                    accumulate = True
         if len(self.optimizers) == 1:
             return self._optimize(0, self.optimizers[0], batch, batch_idx, accumulate)
         outputs = []
@@ -727,10 +746,11 @@ class _AutomaticStep:
         accumulating batch. ``zero``: zero gradients first unless the window accumulated some.
         ``mark``: count the batch as stepped (the closure ran inside a step).
         """
-        if self.pass_idx:
-            out = self.call_step(batch, batch_idx, idx)
+        args = (batch, batch_idx, idx) if self.pass_idx else (batch, batch_idx)
+        if self.direct and not self.fabric._forward_active:
+            out = self.training_step(*args)
         else:
-            out = self.call_step(batch, batch_idx)
+            out = self.redirect(*args)
         self.output = out
         if isinstance(out, torch.Tensor):
             loss = out
@@ -865,8 +885,11 @@ class _Metrics:
         self.epoch_end = False
 
     def connect(self, bus: t.Any) -> None:
+        # on_train_batch_end's writer is connected on the first step value logged, so a run
+        # that logs nothing per step pays nothing per batch for it.
+        self.bus = bus
+        self.batch_end_connected = False
         bus.connect(self._train_epoch_start, "on_train_epoch_start", priority=_FIRST)
-        bus.connect(self._train_batch_end, "on_train_batch_end", priority=_LAST)
         bus.connect(self._train_epoch_reduce, "on_train_epoch_end", priority=_FIRST)
         bus.connect(self._train_epoch_write, "on_train_epoch_end", priority=_LAST)
         bus.connect(self._val_start, "on_validation_start", priority=_FIRST)
@@ -901,6 +924,9 @@ class _Metrics:
             key = f"{name}_step" if on_epoch else name
             if logger:
                 self.step_values[key] = value
+                if not self.batch_end_connected:
+                    self.batch_end_connected = True
+                    self.bus.connect(self._train_batch_end, "on_train_batch_end", priority=_LAST)
             self.callback[key] = value
             if on_epoch:
                 self.callback[name] = value
