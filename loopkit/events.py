@@ -54,7 +54,7 @@ class _Receiver:
 
     __slots__ = (
         "fn", "owner", "hook", "priority", "seq", "every", "once", "fired", "label",
-        "params", "takes_all", "takes_args", "_selectors",
+        "params", "takes_all", "_selectors",
     )  # fmt: skip
 
     def __init__(
@@ -80,7 +80,6 @@ class _Receiver:
         signature = _parameters(fn, self.label)
         #: True when the receiver takes ``**kwargs``: it gets every keyword argument passed.
         self.takes_all = any(p.kind is _P.VAR_KEYWORD for p in signature)
-        self.takes_args = any(p.kind is _P.VAR_POSITIONAL for p in signature)
         #: Named parameters in signature order; each is filled by the keyword of its name (or
         #: its alias), positional ones positionally.
         self.params = tuple(
@@ -114,51 +113,56 @@ class _Receiver:
         )
 
     def call_source(self, fn_var: str, nargs: int, namespace: dict[str, t.Any]) -> str:
-        """Python source of a call of this receiver; defaults it needs go into ``namespace``.
+        """Python source of a call of this receiver; the objects it names go into ``namespace``.
 
-        Reads every named parameter from ``kwargs`` (positional ones after the first ``nargs``,
-        which ``args`` fill). Parameter names come from a signature, so they are identifiers;
-        keyword names are embedded as string literals.
+        Positional ``args`` fill the first ``nargs`` positional parameters; every other named
+        parameter is read from ``kwargs`` by its name (or its alias), positional ones passed
+        positionally. A receiver taking ``**kwargs`` gets the whole of ``kwargs``. Parameter
+        names come from a signature, so they are identifiers; keyword names are embedded as
+        string literals.
         """
         namespace[fn_var] = self.fn
-        if self.takes_all:
-            renamed = [(p.name, ALIASES[p.name]) for p in self.params[nargs:] if p.name in ALIASES]
-            star = "*args, " if nargs else ""
-            if not renamed:
-                return f"{fn_var}({star}**kwargs)"
-            namespace[f"{fn_var}_aliases"] = tuple(renamed)
-            return f"{fn_var}({star}**_with_aliases(kwargs, {fn_var}_aliases))"
         parts = ["*args"] if nargs else []
-        positional_ok = True
-        for i, p in enumerate(self.params):
-            if i < nargs and p.kind is not _P.KEYWORD_ONLY:
-                continue
-            name, alias = p.name, ALIASES.get(p.name)
-            if p.default is _P.empty:
-                value = f"kwargs[{name!r}]"
-                if alias is not None:
-                    value = f"(kwargs[{name!r}] if {name!r} in kwargs else kwargs[{alias!r}])"
-            else:
-                default = f"{fn_var}_d{i}"
-                namespace[default] = p.default
-                value = f"kwargs.get({name!r}, {default})"
-                if alias is not None:
-                    value = f"kwargs.get({name!r}, kwargs.get({alias!r}, {default}))"
-            # Positional parameters are passed positionally (a faster call), keyword-only ones
-            # by keyword; a positional-only one after a skipped slot cannot occur.
-            if p.kind is _P.KEYWORD_ONLY or not positional_ok:
-                positional_ok = False
-                parts.append(f"{name}={value}")
-            else:
-                parts.append(value)
+        # Positional arguments fill the leading positional parameters; keyword-only ones remain.
+        rest = [p for i, p in enumerate(self.params) if i >= nargs or p.kind is _P.KEYWORD_ONLY]
+        if self.takes_all:
+            # Only what ``**kwargs`` cannot bind is passed explicitly: positional-only parameters
+            # and aliased names the call did not pass under the parameter's own name.
+            positional_only = [p for p in rest if p.kind is _P.POSITIONAL_ONLY]
+            parts += [self._value_source(p, fn_var, namespace) for p in positional_only]
+            spread = "kwargs"
+            renamed = tuple((p.name, ALIASES[p.name]) for p in rest if p.name in ALIASES)
+            if renamed:
+                namespace[f"{fn_var}_aliases"] = renamed
+                spread = f"_with_aliases({spread}, {fn_var}_aliases)"
+            if positional_only:
+                namespace[f"{fn_var}_bound"] = frozenset(p.name for p in positional_only)
+                spread = f"_without({spread}, {fn_var}_bound)"
+            parts.append(f"**{spread}")
+        else:
+            for p in rest:
+                value = self._value_source(p, fn_var, namespace)
+                parts.append(f"{p.name}={value}" if p.kind is _P.KEYWORD_ONLY else value)
         return f"{fn_var}({', '.join(parts)})"
+
+    def _value_source(self, p: inspect.Parameter, fn_var: str, namespace: dict[str, t.Any]) -> str:
+        name, alias = p.name, ALIASES.get(p.name)
+        if p.default is _P.empty:
+            if alias is None:
+                return f"kwargs[{name!r}]"
+            return f"(kwargs[{name!r}] if {name!r} in kwargs else kwargs[{alias!r}])"
+        default = f"{fn_var}_{name}_default"
+        namespace[default] = p.default
+        if alias is None:
+            return f"kwargs.get({name!r}, {default})"
+        return f"kwargs.get({name!r}, kwargs.get({alias!r}, {default}))"
 
     def invoke(self, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> t.Any:
         """Call the receiver with positional ``args`` and the keywords it takes (general path)."""
         nargs = len(args)
         select = self._selectors.get(nargs)
         if select is None:
-            namespace: dict[str, t.Any] = {"_with_aliases": _with_aliases}
+            namespace: dict[str, t.Any] = {"_with_aliases": _with_aliases, "_without": _without}
             source = f"lambda args, kwargs: {self.call_source('fn', nargs, namespace)}"
             select = self._selectors[nargs] = eval(source, namespace)
         return select(args, kwargs)
@@ -172,6 +176,10 @@ def _with_aliases(
         if name not in out and alias in out:
             out[name] = out[alias]
     return out
+
+
+def _without(kwargs: dict[str, t.Any], names: frozenset[str]) -> dict[str, t.Any]:
+    return {k: v for k, v in kwargs.items() if k not in names}
 
 
 def _describe(fn: c.Callable[..., t.Any], owner: object) -> str:
@@ -211,7 +219,11 @@ def _compile(name: str, receivers: tuple[_Receiver, ...]) -> _Dispatcher:
 
     One statement per receiver, each in a ``try`` that costs nothing until something raises.
     """
-    namespace: dict[str, t.Any] = {"_failed": _failed, "_with_aliases": _with_aliases}
+    namespace: dict[str, t.Any] = {
+        "_failed": _failed,
+        "_with_aliases": _with_aliases,
+        "_without": _without,
+    }
     lines = ["def dispatch(kwargs):"]
     for i, r in enumerate(receivers):
         namespace[f"r{i}"] = r

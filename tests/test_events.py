@@ -307,6 +307,21 @@ def test_a_kwargs_receiver_with_an_aliased_parameter_gets_both():
     assert got == [(2, {"trainer": 1, "module": 2})]
 
 
+def test_kwargs_receivers_with_positional_only_or_required_parameters():
+    bus = Bus()
+    bus.connect(lambda trainer, /, **rest: (trainer, sorted(rest)), "my_hook")
+    assert bus.call("my_hook", trainer="T", batch_idx=1) == [
+        (bus.receivers("my_hook")[0], ("T", ["batch_idx"]))
+    ]
+
+    def needs_loss(loss, **rest):
+        return loss
+
+    bus.connect(needs_loss, "other_hook")
+    with pytest.raises(HookError, match=r"needs_loss requires 'loss'.*hook 'other_hook'"):
+        bus.call("other_hook", trainer="T")
+
+
 def test_positional_arguments_are_passed_to_every_receiver():
     bus = Bus()
     bus.connect(lambda a, b=0, *, c=0: (a, b, c), "my_hook")
