@@ -20,6 +20,7 @@ from loopkit.plugins import Plugin
 from loopkit.wrappers import unwrap
 
 if t.TYPE_CHECKING:
+    from loopkit.events import Subscription
     from loopkit.fabric import Fabric
 
 __all__ = ["STEP_HOOK", "MissingMonitorError", "Schedulers"]
@@ -82,6 +83,7 @@ class Schedulers(Plugin):
         self._stepped_now: set[int] = set()
         self._metrics: dict[str, float] = {}
         self._restore: dict[str, t.Any] | None = None
+        self._flush_subscriptions: list[Subscription] = []
         if configs is not None:
             items = [configs] if _is_single(configs) else list(configs)
             self._bind([_as_config(item, i) for i, item in enumerate(items)])
@@ -138,12 +140,28 @@ class Schedulers(Plugin):
     def attach(self, host: Fabric) -> None:
         self._host = host
         bus = host.bus
-        bus.connect(self._flush_receiver, "on_train_batch_start")
         bus.connect(self._batch_end, "on_train_batch_end", priority=_AFTER_USERS)
         bus.connect(self._validation_end, "on_validation_end", priority=_AFTER_USERS)
-        bus.connect(self._flush_receiver, "on_train_epoch_end", priority=_FLUSH_FIRST)
         bus.connect(self._epoch_end, "on_train_epoch_end", priority=_AFTER_USERS)
-        bus.connect(self._flush_receiver, "on_train_end")
+        self._connect_flush()
+
+    def _connect_flush(self) -> None:
+        """Listen where a pending monitored step is taken, only while a config can leave one
+        (a hook nobody listens to costs the loop nothing)."""
+        for subscription in self._flush_subscriptions:
+            subscription.remove()
+        self._flush_subscriptions = []
+        host = self._host
+        if host is None or not any(
+            c.reduce_on_plateau and c.interval == "step" for c in self._configs
+        ):
+            return
+        bus = host.bus
+        self._flush_subscriptions = [
+            bus.connect(self._flush_receiver, "on_train_batch_start"),
+            bus.connect(self._flush_receiver, "on_train_epoch_end", priority=_FLUSH_FIRST),
+            bus.connect(self._flush_receiver, "on_train_end"),
+        ]
 
     def on_fit_start(self, trainer: t.Any = None, module: t.Any = None) -> None:
         """A Trainer starts fitting: bind its scheduler configs (unless this plugin has its own)."""
@@ -153,8 +171,8 @@ class Schedulers(Plugin):
         host = self._host
         if host is not None:
             first = next(
-                p for p in host.plugins if isinstance(p, Schedulers) and not p._own
-            )  # self is among them: it is attached to host
+                (p for p in host.plugins if isinstance(p, Schedulers) and not p._own), self
+            )
             if first is not self:
                 # Another instance (named in plugins=) already steps the trainer's schedulers.
                 self._active = False
@@ -183,6 +201,7 @@ class Schedulers(Plugin):
         self._stepped_batches = 0
         self._pending = []
         self._stepped_now = set()
+        self._connect_flush()
         if self._restore is not None:
             state, self._restore = self._restore, None
             self._apply(state)

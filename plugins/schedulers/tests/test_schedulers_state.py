@@ -144,3 +144,34 @@ def test_trainer_resume_restores_schedulers_loaded_before_they_are_bound() -> No
     fit(second, epochs=6, validate=True, callbacks=[Restore()])
     assert first.lrs + second.lrs == whole.lrs
     assert len({row[0] for row in whole.lrs}) >= 5
+
+
+def test_trainer_checkpoint_file_resumes_the_schedule(tmp_path: pathlib.Path) -> None:
+    """End to end through the Trainer's own checkpoints: save_checkpoint, fit(ckpt_path=)."""
+    from loopkit import Trainer
+
+    if not hasattr(Trainer, "save_checkpoint"):
+        pytest.skip("this loopkit's Trainer does not write checkpoints yet")
+    from _schedulers_util import loader, trainer, val_loader
+
+    script = {"val_loss": [4.0, 3.0, 3.0, 3.0, 2.0, 2.0]}
+
+    def configure(m: Net) -> t.Any:
+        opt = SGD(m.a.parameters(), lr=1.0)
+        return [opt], [
+            {"scheduler": StepLR(opt, 1, 0.5), "interval": "step", "frequency": 4},
+            ReduceLROnPlateau(opt, patience=1, factor=0.5),
+        ]
+
+    whole = Net(configure, val_script=script)
+    fit(whole, epochs=6, validate=True)
+    first = Net(configure, val_script=script)
+    run = fit(first, epochs=3, validate=True)
+    path = tmp_path / "epoch3.ckpt"
+    run.save_checkpoint(path)
+
+    second = Net(configure, val_script=script)
+    resumed = trainer(max_epochs=6)
+    resumed.fit(second, loader(), val_loader(), ckpt_path=path)
+    assert first.lrs + second.lrs == whole.lrs
+    assert resumed.fabric.get_plugin("schedulers").optimizer_steps == [42, 42]
