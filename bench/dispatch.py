@@ -3,7 +3,9 @@
 Run: ``.venv/bin/python bench/dispatch.py``. Every case is timed in rounds that are interleaved
 with its baseline in this one process, so slow phases of a busy machine hit both alike; each
 figure is the fastest per-call time seen over all rounds (the cost without interference; the
-median ratio over rounds is printed beside it, to show how noisy the run was). Targets, from the
+median ratio over rounds is printed beside it, to show how noisy the run was). Each timed window
+is short (2000 calls, a few milliseconds) so that, on a busy machine, most windows run without
+being preempted; long windows penalise whichever case takes longer. Targets, from the
 kernel's issue: five receivers within 3x of the plain loop, no receivers under 0.3 us per call.
 
 Two receiver shapes are measured: receivers that take every keyword the hook passes, and
@@ -97,9 +99,9 @@ def _empty_function_case() -> t.Callable[[int], None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=2_000)
+    parser.add_argument("--inner", type=int, default=5)
     args = parser.parse_args(argv)
 
     counts = (0, 1, 5, 10)
