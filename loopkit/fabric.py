@@ -503,6 +503,7 @@ class Fabric:
             if use_distributed_sampler and kwargs is not None:
                 loader = _with_distributed_sampler(loader, kwargs)
             _seed_workers(loader, self.global_rank)
+            loader = self._strategy.process_dataloader(loader)
             device = self.device if move_to_device else None
             if device is not None and device.type == "cpu":
                 device = None  # tensors are already on the CPU: skip the per-batch walk

@@ -164,6 +164,12 @@ class Strategy(Plugin):
         """``num_replicas``/``rank`` for a ``DistributedSampler``, or None when not sharding."""
         return None
 
+    def process_dataloader(self, dataloader: t.Any) -> t.Any:
+        """What ``setup_dataloaders`` iterates instead of ``dataloader``: itself here; a strategy
+        may wrap it (in a loader that moves batches in background threads, say), keeping the
+        original's attributes (``sampler``, ``dataset``) reachable on the wrapper."""
+        return dataloader
+
     def batch_to_device(self, batch: t.Any, device: torch.device | None = None) -> t.Any:
         return move_to_device(batch, device or self.root_device)
 
