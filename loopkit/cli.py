@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc as c
+import os
 import sys
 
 __all__ = ["build_parser", "main"]
@@ -51,8 +52,15 @@ def _plugins(args: argparse.Namespace) -> int:
     table = [("name", "kind", "distribution", "version", "loads")]
     table += [(r.info.name, r.kind, r.info.distribution, r.info.version, r.loads) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+    text = "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4]
+        for row in table
+    )
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `loopkit plugins | head`: the reader left, which is not an error
+        # Point stdout at /dev/null so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if all(r.loads == "ok" for r in rows) else 1
 
 
