@@ -28,6 +28,7 @@ _EXPORTS = {
     "LoopModule": "loopkit.module",
     "Trainer": "loopkit.trainer",
     "Callback": "loopkit.callbacks",
+    "ModelCheckpoint": "loopkit.callbacks",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -35,7 +36,7 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 if t.TYPE_CHECKING:
     from loopkit._log import set_debug
     from loopkit.accelerator import Accelerator
-    from loopkit.callbacks import Callback
+    from loopkit.callbacks import Callback, ModelCheckpoint
     from loopkit.checkpoint import CheckpointError
     from loopkit.events import Bus, HookError
     from loopkit.fabric import Fabric, Phase

@@ -24,11 +24,22 @@ import torch
 
 from loopkit.plugins import Plugin
 
-__all__ = ["CheckpointError", "CheckpointIO", "atomic_save", "safe_load"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointIO",
+    "UnsafeCheckpointError",
+    "atomic_save",
+    "safe_load",
+    "verify",
+]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file could not be read: missing, truncated, corrupt or unsafe."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds objects whose loading could run code, and the caller did not opt in."""
 
 
 def atomic_save(obj: t.Any, path: str | os.PathLike[str]) -> Path:
@@ -104,8 +115,8 @@ def safe_load(
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        if weights_only and "weights_only" in str(err):
-            raise CheckpointError(
+        if weights_only and "weights_only" in str(err) and _looks_like_torch_save(path):
+            raise UnsafeCheckpointError(
                 f"checkpoint {str(path)!r} holds objects that are not plain tensors or "
                 f"containers, and loading them could run code. If you trust this file, load it "
                 f"with weights_only=False, or allow its types with "
@@ -114,6 +125,41 @@ def safe_load(
         raise _corrupt(path, err) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise _corrupt(path, err) from err
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    # torch.save writes a zip archive, or (the legacy format) a pickle stream, which starts
+    # with the PROTO opcode. Anything else is damage, not an object refused for safety.
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        head = f.read(4)
+        return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    return False
+
+
+def verify(path: str | os.PathLike[str]) -> None:
+    """Check every record of a checkpoint file against its CRC; raise :class:`CheckpointError`
+    naming the file and the damaged record.
+
+    ``torch.load`` does not check CRCs: a flipped bit in a tensor's bytes loads as a wrong
+    value. This reads the whole file once. Files that are not zip archives (the legacy format,
+    a sharded checkpoint's folder) are left to the loader.
+    """
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if all(info.CRC == 0 for info in archive.infolist() if info.file_size):
+                return  # written with torch.serialization.set_crc32_options(False)
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise _corrupt(path, err) from err
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its record {bad!r} does not match the CRC "
+            "written with it, so some of its values are damaged. Load an earlier checkpoint; "
+            "loopkit writes checkpoints atomically, so this file was damaged after it was written"
+        )
 
 
 def _first_line(err: BaseException) -> str:

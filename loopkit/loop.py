@@ -58,24 +58,32 @@ class Progress:
         self.total_batches = int(state.get("total_batches", 0))
 
 
-def batches(data: c.Iterable[t.Any], limit: float) -> c.Iterator[tuple[int, t.Any, bool]]:
+def batches(
+    data: c.Iterable[t.Any], limit: float, start: int = 0
+) -> c.Iterator[tuple[int, t.Any, bool]]:
     """``(batch_idx, batch, is_last)`` for at most ``limit`` batches of ``data``.
 
     With a finite ``limit`` the last batch is known by its index; otherwise one batch is read
-    ahead to know whether another follows.
+    ahead to know whether another follows. With ``start`` (a resumed epoch) the first ``start``
+    batches are skipped: ``data.iter_from(start)`` gives the rest when ``data`` has that method
+    (it may skip without loading them), otherwise they are read and dropped.
     """
+    if start:
+        iter_from = getattr(data, "iter_from", None)
+        it = iter_from(start) if callable(iter_from) else itertools.islice(iter(data), start, None)
+    else:
+        it = iter(data)
     if limit != math.inf:
         n = int(limit)
         last = n - 1
-        for i, batch in enumerate(itertools.islice(data, n)):
+        for i, batch in enumerate(itertools.islice(it, max(n - start, 0)), start):
             yield i, batch, i == last
         return
-    it = iter(data)
     try:
         batch = next(it)
     except StopIteration:
         return
-    for i in itertools.count():
+    for i in itertools.count(start):
         try:
             following = next(it)
         except StopIteration:
@@ -122,6 +130,25 @@ class FitLoop:
         self.max_steps = -1 if max_steps is None else max_steps
         self.val_every_n_batches = val_every_n_batches
         self.val_every_n_epochs = val_every_n_epochs
+        self._resume: tuple[int, bool, bool] | None = None
+
+    def resume(self, batches_done: int, is_last: bool, checks_pending: bool) -> None:
+        """Make the next :meth:`run` continue the epoch ``progress.epoch`` after its first
+        ``batches_done`` batches (a checkpoint taken part-way through it).
+
+        ``is_last``: the last of them was the epoch's last batch. ``checks_pending``: what follows
+        a batch (validation when due, the stop conditions) has not run for it yet. The resumed
+        epoch fires ``on_train_epoch_start`` again.
+        """
+        self._resume = (batches_done, is_last, checks_pending)
+
+    def _after_batch(
+        self, batch_idx: int, is_last: bool, validate: c.Callable[[], t.Any] | None
+    ) -> bool:
+        """Validate when due; whether the epoch ends here (a stop condition holds)."""
+        if validate is not None and self._val_due(batch_idx, is_last):
+            validate()
+        return self.progress.should_stop or self.steps_done()
 
     def steps_done(self) -> bool:
         return 0 <= self.max_steps <= self.progress.global_step
@@ -155,10 +182,17 @@ class FitLoop:
         """Train on ``data`` (at most ``num_batches`` batches per epoch) until a stop condition."""
         p, call, tr, mod = self.progress, self.call, self.trainer, self.module
         call("on_train_start", trainer=tr, module=mod)
-        while not (self.epochs_done() or self.steps_done() or p.should_stop):
+        resume, self._resume = self._resume, None
+        while resume is not None or not (self.epochs_done() or self.steps_done() or p.should_stop):
             call("on_train_epoch_start", trainer=tr, module=mod)
             ran, steps_before = 0, p.global_step
-            for batch_idx, batch, is_last in batches(data, num_batches):
+            start, ended = 0, False
+            if resume is not None:  # a resumed epoch: its first `start` batches are done
+                start, last_done, pending = resume
+                resume = None
+                ended = self._after_batch(start - 1, last_done, validate) if pending else False
+                ended = ended or last_done or p.should_stop or self.steps_done()
+            for batch_idx, batch, is_last in () if ended else batches(data, num_batches, start):
                 p.batch_idx, p.is_last_batch = batch_idx, is_last
                 answers = call(
                     "on_train_batch_start", trainer=tr, module=mod, batch=batch, batch_idx=batch_idx
@@ -175,13 +209,11 @@ class FitLoop:
                     "on_train_batch_end",
                     trainer=tr, module=mod, outputs=outputs, batch=batch, batch_idx=batch_idx,
                 )  # fmt: skip
-                if validate is not None and self._val_due(batch_idx, is_last):
-                    validate()
-                if p.should_stop or self.steps_done():
+                if self._after_batch(batch_idx, is_last, validate):
                     break
             call("on_train_epoch_end", trainer=tr, module=mod)
             p.epoch += 1
-            stuck = p.global_step == steps_before and not p.should_stop
+            stuck = start == 0 and p.global_step == steps_before and not p.should_stop
             if self.max_epochs == -1 and self.max_steps >= 0 and stuck:
                 # Without max_epochs only steps end training: an epoch without one never would.
                 warnings.warn(

@@ -28,6 +28,7 @@ from loopkit.loop import FitLoop, Progress, run_validation
 from loopkit.module import LoopModule, LoopOptimizer, as_loop_optimizer, get_toggling
 from loopkit.optim import LRSchedulerConfig, parse_configure_optimizers
 from loopkit.plugins import PluginNotFoundError, registry
+from loopkit.trainer_state import Checkpointing
 from loopkit.wrappers import FabricModule
 
 __all__ = ["Trainer"]
@@ -161,6 +162,8 @@ class Trainer:
         self._toggling: t.Any = None
         self._metrics = _Metrics(self)
         self._metrics.connect(bus)
+        #: Checkpoints: save_checkpoint(), fit(ckpt_path=...), where the loop stands.
+        self._checkpointing = Checkpointing(self)
 
     # -- what plugins and modules read --------------------------------------------------------
 
@@ -268,6 +271,32 @@ class Trainer:
     def is_global_zero(self) -> bool:
         return self.fabric.is_global_zero
 
+    @property
+    def checkpoint_callbacks(self) -> list[t.Any]:
+        """The ``ModelCheckpoint`` callbacks, in order."""
+        return self._checkpointing.checkpoint_callbacks()
+
+    @property
+    def checkpoint_callback(self) -> t.Any:
+        """The first ``ModelCheckpoint`` callback (None when there is none)."""
+        found = self.checkpoint_callbacks
+        return found[0] if found else None
+
+    def save_checkpoint(
+        self,
+        filepath: str | os.PathLike[str],
+        weights_only: bool = False,
+        storage_options: t.Any = None,
+    ) -> None:
+        """Write a checkpoint of everything training changes (``weights_only``: the module's
+        weights only) to ``filepath``, atomically; see ``docs/checkpoints.md``."""
+        if storage_options is not None:
+            raise TypeError(
+                "save_checkpoint(storage_options=...) is not supported; pass a checkpoint_io "
+                "plugin in Trainer(plugins=[...]) to write elsewhere"
+            )
+        self._checkpointing.save(filepath, weights_only)
+
     # -- entry points -------------------------------------------------------------------------
 
     def fit(
@@ -277,14 +306,14 @@ class Trainer:
         val_dataloaders: t.Any = None,
         datamodule: t.Any = None,
         ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool = True,
     ) -> None:
-        """Train ``model`` on ``train_dataloaders``, validating on ``val_dataloaders``."""
+        """Train ``model`` on ``train_dataloaders``, validating on ``val_dataloaders``.
+
+        ``ckpt_path`` (a path, or ``"last"``) resumes from a checkpoint; it is loaded with
+        ``weights_only=True`` unless you pass False for a file you trust.
+        """
         module = _check_module(model, "fit")
-        if ckpt_path is not None:
-            raise NotImplementedError(
-                f"fit(ckpt_path={os.fspath(ckpt_path)!r}): resuming from a checkpoint is not "
-                "available yet in loopkit.Trainer"
-            )
         train = _pick_loader(train_dataloaders, datamodule, module, "train_dataloader")
         if train is None:
             raise ValueError(
@@ -292,7 +321,7 @@ class Trainer:
                 f"{type(module).__name__}.train_dataloader()"
             )
         val = _pick_loader(val_dataloaders, datamodule, module, "val_dataloader")
-        self._launch(self._fit, module, train, val)
+        self._launch(self._fit, module, train, val, ckpt_path, weights_only)
 
     def validate(
         self,
@@ -304,8 +333,8 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Run one validation pass; return ``[{metric: value}]`` of what it logged."""
         module = _check_module(model if model is not None else self._module, "validate")
-        if ckpt_path is not None:
-            raise NotImplementedError("validate(ckpt_path=...) is not available yet")
+        if ckpt_path is not None:  # a path, "last" or "best": the module's weights only
+            self._checkpointing.load_weights(module, ckpt_path, weights_only=True)
         loaders = _pick_loader(dataloaders, datamodule, module, "val_dataloader")
         if loaders is None:
             raise ValueError(
@@ -333,7 +362,14 @@ class Trainer:
         self._wrapped = wrapped
         self._metrics.reset_run()
 
-    def _fit(self, module: LoopModule, train: t.Any, val: t.Any) -> None:
+    def _fit(
+        self,
+        module: LoopModule,
+        train: t.Any,
+        val: t.Any,
+        ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool = True,
+    ) -> None:
         fabric = self.fabric
         self._attach(module)
         status = "failed"
@@ -348,6 +384,12 @@ class Trainer:
             clip_subscription = self._connect_clipping(module)
             train_loader = fabric.setup_dataloaders(train)
             self.num_training_batches = _limit(_length(train_loader), self.limit_train_batches)
+            if _length(train_loader) == 0:
+                raise ValueError(
+                    f"fit(): the training data ({type(train).__name__}) has no batches (length "
+                    "0); check that its dataset is not empty and that batch_size with "
+                    "drop_last=True does not drop every sample"
+                )
             val_loaders = self._setup_val(module, val)
             self.loop = FitLoop(
                 fabric.bus.call,
@@ -372,8 +414,9 @@ class Trainer:
             self.progress.should_stop = False
             self.training = True
             module.train()
+            data = self._checkpointing.begin_fit(train_loader, step, ckpt_path, weights_only)
             fabric.call("on_fit_start", trainer=self, module=module)
-            self.loop.run(train_loader, step, validate, self.num_training_batches)
+            self.loop.run(data, step, validate, self.num_training_batches)
             fabric.call("on_fit_end", trainer=self, module=module)
             status = "success"
         except BaseException as exc:
@@ -776,6 +819,22 @@ class _AutomaticStep:
             )
         if opt is None:
             return loss
+        if not loss.requires_grad:
+            raise RuntimeError(
+                f"{type(self.module).__name__}.training_step returned a loss that does not "
+                "require grad (computed under torch.no_grad(), detached, or from no parameter), "
+                "so no gradient can flow from it. Return the loss computed from the module's "
+                "parameters, or None to skip the batch"
+            )
+        if not bool(torch.isfinite(loss).all()):
+            raise FloatingPointError(
+                f"{type(self.module).__name__}.training_step returned a non-finite loss "
+                f"({loss.detach().flatten()[:4].tolist()}) at epoch {self.progress.epoch}, "
+                f"batch {batch_idx} (global step {self.progress.global_step}). The Trainer stops "
+                "rather than step on nan/inf gradients. Lower the learning rate, clip gradients "
+                "(Trainer(gradient_clip_val=...)), check this batch's inputs, or return None "
+                "from training_step to skip such batches"
+            )
         if zero and not self.accumulated[idx]:
             if self.zero_grad_hook is not None:
                 self.zero_grad_hook(self.progress.epoch, batch_idx, opt)
