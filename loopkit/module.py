@@ -215,6 +215,13 @@ class LoopModule(nn.Module):
     def trainer(self, trainer: Trainer | None) -> None:
         self._trainer = trainer
 
+    def __getstate__(self) -> dict[str, t.Any]:
+        # A copy (copy.deepcopy, pickle) is the module without its trainer, as in Lightning: an
+        # EMA or teacher copy must not drag a second Trainer (its Fabric, loggers) along.
+        state = self.__dict__.copy()
+        state["_trainer"] = None
+        return state
+
     @property
     def current_epoch(self) -> int:
         return self._trainer.current_epoch if self._trainer is not None else 0
