@@ -24,6 +24,7 @@ from loopkit_ddp import launchers
 from loopkit_ddp.environments import (
     ClusterEnvironment,
     LocalEnvironment,
+    TorchElasticEnvironment,
     detect_environment,
 )
 
@@ -209,10 +210,18 @@ class ParallelStrategy(Strategy):
                     f"{world_size}"
                 )
             return
-        os.environ["MASTER_ADDR"] = env.main_address
-        os.environ["MASTER_PORT"] = str(env.main_port)
+        if isinstance(env, TorchElasticEnvironment):
+            # torchrun's agent may host the store already (TORCHELASTIC_USE_AGENT_STORE):
+            # only env:// knows to join it.
+            init_method = "env://"
+        else:
+            # Passed explicitly rather than through os.environ, which stays untouched.
+            host = env.main_address
+            host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            init_method = f"tcp://{host}:{env.main_port}"
         dist.init_process_group(
             self.process_group_backend,
+            init_method=init_method,
             rank=rank,
             world_size=world_size,
             timeout=self._timeout,

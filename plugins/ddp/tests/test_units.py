@@ -179,6 +179,7 @@ def test_one_rank_ddp_in_process_collectives_no_sync_and_checkpoint(
     fabric.launch()
     try:
         assert dist.is_initialized() and dist.get_backend() == "gloo"
+        assert "MASTER_PORT" not in os.environ  # the store's address is passed, not exported
         model = fabric.setup(nn.Linear(3, 2))
         ddp = model.forward_module
         assert isinstance(ddp, nn.parallel.DistributedDataParallel)
@@ -240,9 +241,9 @@ def test_two_slurm_tasks_train_together(tmp_path: Path) -> None:
 
     expected = reference()
     for r in results:
-        assert r["forward_module"] == "DistributedDataParallel"
+        assert r["plain"]["forward_module"] == "DistributedDataParallel"
         for key, value in expected.items():
-            torch.testing.assert_close(r["weights"][key], value, rtol=0, atol=1e-6)
+            torch.testing.assert_close(r["plain"]["weights"][key], value, rtol=0, atol=1e-6)
 
 
 def test_registry_knows_the_plugin_names() -> None:

@@ -1,8 +1,15 @@
 """A small Fabric training script the distributed tests start in several ways.
 
-Every rank writes ``rank{R}.pt`` into ``--out``: its final weights, what it saw and counted.
-It holds no distributed code of its own: strategy and devices come from the arguments, or from
-``loopkit run`` through the environment when the arguments are left out.
+Every rank writes ``rank{R}.pt`` into ``--out``: for each variant trained (``--variants``), its
+final weights and what it counted, and which samples a shuffled loader gave it per epoch. The
+script holds no distributed code of its own: strategy and devices come from the arguments, or
+from ``loopkit run`` through the environment when the arguments are left out.
+
+Variants, each a fresh model trained in the same processes:
+
+``plain``       one optimizer step per batch
+``accumulate``  4 batches per step with ``fabric.no_backward_sync`` (loss divided by 4)
+``plugin``      4 batches per step with the loopkit-accumulation plugin
 """
 
 import argparse
@@ -16,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from loopkit import Fabric
 
-NUM_SAMPLES, BATCH = 32, 4
+NUM_SAMPLES, BATCH, EPOCHS, EVERY = 32, 4, 2, 4
 
 
 def data() -> TensorDataset:
@@ -31,71 +38,84 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
 
 
-def train(fabric: Fabric, args: argparse.Namespace) -> dict:
+def count_allreduces(forward_module: nn.Module) -> list:
+    """Register a DDP communication hook on ``forward_module`` that counts gradient all-reduces."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    calls = []
+
+    def counting_hook(state, bucket):
+        calls.append(bucket.index())
+        return allreduce_hook(state, bucket)
+
+    forward_module.register_comm_hook(None, counting_hook)
+    return calls
+
+
+def train_variant(fabric: Fabric, variant: str, args: argparse.Namespace) -> dict:
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     net, opt = fabric.setup(net, opt)
     loader = fabric.setup_dataloaders(DataLoader(data(), batch_size=BATCH, shuffle=False))
-    hook_calls = []
     forward_module = net.forward_module
-    if args.count_allreduce:
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        def counting_hook(state, bucket):
-            hook_calls.append(bucket.index())
-            return allreduce_hook(state, bucket)
-
-        forward_module.register_comm_hook(None, counting_hook)
+    calls = count_allreduces(forward_module) if args.count_allreduce else []
     accumulation = None
-    if args.accumulation_plugin:
-        accumulation = fabric.add_plugin(registry_create(args.accumulate))
-    step = 0
-    batches = 0
-    for _epoch in range(args.epochs):
+    if variant == "plugin":
+        from loopkit.plugins import registry
+
+        accumulation = fabric.add_plugin(
+            registry().create("subscriber", "accumulation", accumulate_grad_batches=EVERY)
+        )
+    every = 1 if variant == "plain" else EVERY
+    steps = batches = 0
+    for epoch in range(EPOCHS):
         for i, (x, y) in enumerate(loader):
             batches += 1
-            failing = fabric.global_rank == args.fail_rank and batches == args.fail_step
-            if failing:
+            if fabric.global_rank == args.fail_rank and batches == args.fail_step:
                 with open(os.path.join(args.out, "failed_at"), "w") as f:
                     f.write(repr(time.time()))
                 raise ValueError(f"boom at step {batches} on rank {fabric.global_rank}")
             if accumulation is not None:
-                with accumulation(net, i, len(loader), epoch=_epoch) as steps:
-                    loss = nn.functional.mse_loss(net(x), y)
-                    fabric.backward(loss)  # the plugin divides the loss by the window's length
-                if steps:
-                    opt.step()
-                    opt.zero_grad()
-                    step += 1
-                continue
-            last = (i + 1) % args.accumulate == 0
-            with fabric.no_backward_sync(net, enabled=not last):
-                loss = nn.functional.mse_loss(net(x), y)
-                fabric.backward(loss / args.accumulate)
-            if last:
+                with accumulation(net, i, len(loader), epoch=epoch) as step:
+                    fabric.backward(nn.functional.mse_loss(net(x), y))  # divided by the plugin
+            else:
+                step = (i + 1) % every == 0
+                with fabric.no_backward_sync(net, enabled=not step):
+                    fabric.backward(nn.functional.mse_loss(net(x), y) / every)
+            if step:
                 opt.step()
                 opt.zero_grad()
-                step += 1
+                steps += 1
+    return {
+        "forward_module": type(forward_module).__name__,
+        "weights": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "optimizer_steps": steps,
+        "allreduce_calls": len(calls),
+    }
+
+
+def samples_seen(fabric: Fabric) -> list:
+    """The samples a shuffled loader gives this rank, per epoch (seeded by seed_everything)."""
+    loader = fabric.setup_dataloaders(DataLoader(torch.arange(20), batch_size=3, shuffle=True))
+    return [[int(i) for batch in loader for i in batch] for _ in range(3)]
+
+
+def train(fabric: Fabric, args: argparse.Namespace) -> dict:
+    fabric.seed_everything(7)
     result = {
         "rank": fabric.global_rank,
         "local_rank": fabric.local_rank,
         "world_size": fabric.world_size,
         "strategy": type(fabric.strategy).__name__,
-        "forward_module": type(forward_module).__name__,
-        "weights": {k: v.detach().clone() for k, v in net.state_dict().items()},
-        "optimizer_steps": step,
-        "allreduce_calls": len(hook_calls),
         "env_devices": os.environ.get("LOOPKIT_DEVICES"),
         "pid": os.getpid(),
     }
+    for variant in args.variants.split(","):
+        result[variant] = train_variant(fabric, variant, args)
+    if args.samples:
+        result["samples"] = samples_seen(fabric)
     torch.save(result, os.path.join(args.out, f"rank{fabric.global_rank}.pt"))
     return result
-
-
-def registry_create(n: int):
-    from loopkit.plugins import registry
-
-    return registry().create("subscriber", "accumulation", accumulate_grad_batches=n)
 
 
 def main(argv: list[str]) -> None:
@@ -104,9 +124,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--strategy", default="auto")
     p.add_argument("--devices", default="auto")
     p.add_argument("--how", choices=["lazy", "launch", "spawn"], default="lazy")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--accumulate", type=int, default=1)
-    p.add_argument("--accumulation-plugin", action="store_true")
+    p.add_argument("--variants", default="plain")
+    p.add_argument("--samples", action="store_true")
     p.add_argument("--count-allreduce", action="store_true")
     p.add_argument("--fail-rank", type=int, default=1)
     p.add_argument("--fail-step", type=int, default=None)
