@@ -227,8 +227,12 @@ class FitLoop:
 
 
 def _ends_epoch(answers: list[tuple[object, t.Any]]) -> bool:
-    # A receiver of on_train_batch_start returning -1 ends the epoch (as in Lightning).
-    return any(type(r) is int and r == -1 for _, r in answers)
+    # A receiver of on_train_batch_start returning -1 ends the epoch (as in Lightning). A plain
+    # loop: this runs every batch on which on_train_batch_start has receivers.
+    for _, answer in answers:  # noqa: SIM110 (no generator object per batch)
+        if type(answer) is int and answer == -1:
+            return True
+    return False
 
 
 def run_validation(

@@ -98,11 +98,14 @@ class LoopOptimizer(FabricOptimizer):
 _loop_classes: dict[type, type] = {}
 
 
-def as_loop_optimizer(wrapped: FabricOptimizer, progress: t.Any) -> LoopOptimizer:
-    """Make ``wrapped`` (from ``fabric.setup``) a :class:`LoopOptimizer` whose steps are counted.
+def as_loop_optimizer(
+    wrapped: FabricOptimizer, progress: t.Any, counted: bool = True
+) -> LoopOptimizer:
+    """Make ``wrapped`` (from ``fabric.setup``) a :class:`LoopOptimizer`; with ``counted``, each
+    of its steps sets ``progress.stepped`` (``global_step`` counts batches on which an optimizer
+    stepped).
 
-    ``progress`` is the trainer's :class:`~loopkit.loop.Progress`: each step sets its ``stepped``
-    (``global_step`` counts batches on which an optimizer stepped). The counting step replaces
+    ``progress`` is the trainer's :class:`~loopkit.loop.Progress`. The counting step replaces
     the wrapper's ``step`` on this instance only (``FabricOptimizer.step`` is settable for that).
     """
     cls = type(wrapped)
@@ -114,6 +117,8 @@ def as_loop_optimizer(wrapped: FabricOptimizer, progress: t.Any) -> LoopOptimize
         # object.__setattr__: nothing may reach the user's optimizer, whose attributes the
         # wrapper shares.
         object.__setattr__(wrapped, "__class__", made)
+    if not counted:
+        return t.cast(LoopOptimizer, wrapped)
     fabric_step = wrapped.step
 
     def counted_step(closure: c.Callable[[], t.Any] | None = None, **kwargs: t.Any) -> t.Any:

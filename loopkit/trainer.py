@@ -379,7 +379,11 @@ class Trainer:
                 module.configure_optimizers()
             )
             wrapped = _as_list(fabric.setup_optimizers(*optimizers)) if optimizers else []
-            self.optimizers = [as_loop_optimizer(o, self.progress) for o in wrapped]
+            # Under the default optimizer_step the trainer's closure counts the step itself.
+            counted = not (
+                module.automatic_optimization and _optimizer_step_style(module)[0] is _DEFAULT
+            )
+            self.optimizers = [as_loop_optimizer(o, self.progress, counted) for o in wrapped]
             self._check_options(module)
             clip_subscription = self._connect_clipping(module)
             train_loader = fabric.setup_dataloaders(train)
@@ -400,7 +404,11 @@ class Trainer:
                 max_steps=self.max_steps,
                 **self._val_schedule(),
             )
-            step = _AutomaticStep(self) if module.automatic_optimization else self._manual_step()
+            step = (
+                _AutomaticStep(self).entry()
+                if module.automatic_optimization
+                else self._manual_step()
+            )
             validate = (
                 functools.partial(self._run_validation, module, val_loaders)
                 if val_loaders
@@ -702,6 +710,34 @@ class _AutomaticStep:
         self.warned_none = False
         # Receivers of the query are known at fit start (the accumulation plugin attaches before).
         self.query = bool(self.bus.receivers("should_optimizer_step"))
+        #: The common case (one optimizer, the default optimizer_step, nothing to ask) has its
+        #: own lean path: this is the per-batch cost of the Trainer over a plain loop.
+        self.simple = (
+            len(self.optimizers) == 1
+            and self.style is _DEFAULT
+            and self.zero_grad_hook is None
+            and not self.pass_idx
+            and not self.query
+        )
+        self.opt = self.optimizers[0] if self.optimizers else None
+
+    def entry(self) -> c.Callable[[t.Any, int], t.Any]:
+        """The per-batch callable for the loop."""
+        return self._simple if self.simple else self
+
+    def _simple(self, batch: t.Any, batch_idx: int) -> t.Any:
+        self.output = None
+        try:  # noqa: SIM105 (a try is free; contextlib.suppress() is an object per batch)
+            t.cast(LoopOptimizer, self.opt).step(
+                closure=functools.partial(self._closure, batch, batch_idx)
+            )
+        except _SkipBatch:
+            pass
+        out, self.output = self.output, None  # the graph is not kept until the next batch
+        return _batch_output(out)
+
+    def _closure(self, batch: t.Any, batch_idx: int) -> t.Any:
+        return self._forward_backward(batch, batch_idx, 0, self.opt, True, True, True)
 
     def __call__(self, batch: t.Any, batch_idx: int) -> t.Any:
         if not self.optimizers:
@@ -770,7 +806,8 @@ class _AutomaticStep:
         except _SkipBatch:
             pass
         self.accumulated[idx] = False
-        return _batch_output(self.output)
+        out, self.output = self.output, None
+        return _batch_output(out)
 
     def _forward_backward(
         self,
@@ -778,7 +815,6 @@ class _AutomaticStep:
         batch_idx: int,
         idx: int,
         opt: LoopOptimizer | None,
-        *,
         stepping: bool,
         zero: bool,
         mark: bool,
@@ -826,7 +862,7 @@ class _AutomaticStep:
                 "so no gradient can flow from it. Return the loss computed from the module's "
                 "parameters, or None to skip the batch"
             )
-        if not bool(torch.isfinite(loss).all()):
+        if not _finite(loss):
             raise FloatingPointError(
                 f"{type(self.module).__name__}.training_step returned a non-finite loss "
                 f"({loss.detach().flatten()[:4].tolist()}) at epoch {self.progress.epoch}, "
@@ -846,6 +882,13 @@ class _AutomaticStep:
         if mark:
             self.progress.stepped = True
         return loss
+
+
+def _finite(loss: torch.Tensor) -> bool:
+    # On the hot path: for a one-element loss, item() costs a fraction of isfinite().all().
+    if loss.numel() == 1:
+        return math.isfinite(loss.item())
+    return bool(torch.isfinite(loss).all())
 
 
 def _batch_output(out: t.Any) -> t.Any:
