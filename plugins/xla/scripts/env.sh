@@ -26,52 +26,67 @@ NEED_GB="${LOOPKIT_XLA_NEED_GB:-8}"
 export PIP_CONSTRAINT="$PINS"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-stamp() {
-    {
-        echo "root=$ROOT"
-        "$PYTHON" -c 'import sys; print(sys.version)'
-        cat "$HERE/env.sh" "$PINS" "$ROOT/pyproject.toml" "$PLUGIN/pyproject.toml"
-    } | sha256sum | cut -d' ' -f1
+# Two stamps: the heavy part (torch, torch_xla: only the pins and the interpreter matter) and the
+# editable installs (the repository path and both pyproject.toml files, whose entry points the
+# installs record). Editing a pyproject.toml redoes the second part only.
+heavy_stamp() {
+    { "$PYTHON" -c 'import sys; print(sys.version)'; cat "$PINS"; } | sha256sum | cut -d' ' -f1
 }
-
-want="$(stamp)"
-if [[ -z "${LOOPKIT_XLA_REINSTALL:-}" && -x "$VENV/bin/python" && -f "$VENV/.stamp" \
-      && "$(cat "$VENV/.stamp")" == "$want" ]] \
-   && "$VENV/bin/python" -c 'import torch_xla, loopkit_xla' 2>/dev/null; then
-    echo "$VENV/bin/python"
-    exit 0
-fi
-
-mkdir -p "$CACHE"
-# Free space counts only when torch is not installed yet (a refresh of the editables needs none).
-if ! "$VENV/bin/python" -c 'import torch_xla' 2>/dev/null; then
-    free_kb="$(df -Pk "$CACHE" | awk 'NR==2 {print $4}')"
-    if ((free_kb < NEED_GB * 1024 * 1024)); then
-        echo "loopkit-xla: skipped, $((free_kb / 1024 / 1024)) GB free under $CACHE and the XLA env (torch 2.9 + torch_xla 2.9) needs ${NEED_GB} GB"
-        exit 3
-    fi
-fi
-
+editable_stamp() {
+    { echo "root=$ROOT"; cat "$HERE/env.sh" "$ROOT/pyproject.toml" "$PLUGIN/pyproject.toml"; } \
+        | sha256sum | cut -d' ' -f1
+}
+has() { # has MODULE...: the env's python finds them (without importing them: torch_xla is slow)
+    "$VENV/bin/python" -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' "$@" 2>/dev/null
+}
 quiet_pip() { # pip, with this machine's noise about missing index folders dropped
     "$VENV/bin/python" -m pip install -q --no-compile --find-links "$WHEELS" "$@" \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
-t0=$SECONDS
-echo "loopkit-xla: building the XLA env in $VENV (first time: several minutes)" >&2
-if ! "$VENV/bin/python" -c '' 2>/dev/null; then
-    rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV"
+heavy="$(heavy_stamp)"
+editable="$(editable_stamp)"
+[[ -n "${LOOPKIT_XLA_REINSTALL:-}" ]] && rm -f "$VENV/.stamp-heavy" "$VENV/.stamp-editable"
+heavy_ok=0
+if [[ -f "$VENV/.stamp-heavy" && "$(cat "$VENV/.stamp-heavy")" == "$heavy" ]] \
+   && has torch torch_xla blinker structlog pytest; then
+    heavy_ok=1
 fi
-mkdir -p "$WHEELS"
-# Wheels are downloaded into the cache first, so a rebuilt env reinstalls without downloading.
-"$VENV/bin/python" -m pip download -q -d "$WHEELS" --find-links "$WHEELS" \
-    torch==2.9.0 torch_xla==2.9.0 \
-    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-quiet_pip "setuptools>=68" wheel
-quiet_pip torch==2.9.0 torch_xla==2.9.0 blinker structlog pytest numpy
+if ((heavy_ok)) && [[ -f "$VENV/.stamp-editable" \
+      && "$(cat "$VENV/.stamp-editable")" == "$editable" ]] && has loopkit loopkit_xla; then
+    echo "$VENV/bin/python"
+    exit 0
+fi
+
+t0=$SECONDS
+mkdir -p "$CACHE"
+if ((!heavy_ok)); then
+    # Free space counts only when torch is not installed yet.
+    if ! has torch_xla; then
+        free_kb="$(df -Pk "$CACHE" | awk 'NR==2 {print $4}')"
+        if ((free_kb < NEED_GB * 1024 * 1024)); then
+            echo "loopkit-xla: skipped, $((free_kb / 1024 / 1024)) GB free under $CACHE and the XLA env (torch 2.9 + torch_xla 2.9) needs ${NEED_GB} GB"
+            exit 3
+        fi
+    fi
+    echo "loopkit-xla: building the XLA env in $VENV (first time: several minutes)" >&2
+    if ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    mkdir -p "$WHEELS"
+    # Wheels are downloaded into the cache first, so a rebuilt env reinstalls without downloading.
+    "$VENV/bin/python" -m pip download -q -d "$WHEELS" --find-links "$WHEELS" \
+        torch==2.9.0 torch_xla==2.9.0 \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    quiet_pip "setuptools>=68" wheel
+    quiet_pip torch==2.9.0 torch_xla==2.9.0 blinker structlog pytest numpy
+    echo "$heavy" > "$VENV/.stamp-heavy"
+fi
+echo "loopkit-xla: installing loopkit core and loopkit-xla (editable) into $VENV" >&2
 quiet_pip --no-build-isolation --no-deps -e "$ROOT" -e "$PLUGIN"
-"$VENV/bin/python" -c 'import torch, torch_xla, loopkit, loopkit_xla; print("loopkit-xla: env ready, torch", torch.__version__, "torch_xla", torch_xla.__version__)' >&2
-echo "$want" > "$VENV/.stamp"
-echo "loopkit-xla: env built in $((SECONDS - t0)) s" >&2
+has torch torch_xla loopkit loopkit_xla || { echo "loopkit-xla: the env is incomplete" >&2; exit 1; }
+echo "$editable" > "$VENV/.stamp-editable"
+echo "loopkit-xla: env ready in $((SECONDS - t0)) s" >&2
 echo "$VENV/bin/python"

@@ -13,8 +13,8 @@ import threading
 import typing as t
 
 import torch
-from loopkit_xla._runtime import XLARuntime
 
+from loopkit_xla._runtime import XLARuntime
 
 #: Every fake made in this process: unpickling one (a replica's copy of the strategy) finds the
 #: original, whose threads, barrier and records the replicas share.

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from fake_runtime import FakeRuntime
-from loopkit import Fabric, registry
-from loopkit.plugins import PluginNotFoundError
-from loopkit_xla import XLAAccelerator, XLASPMDStrategy, XLAStrategy
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
+
+from loopkit import Fabric, registry
+from loopkit.plugins import PluginNotFoundError
+from loopkit_xla import XLAAccelerator, XLASPMDStrategy, XLAStrategy
 
 HAS_TORCH_XLA = importlib.util.find_spec("torch_xla") is not None
 
@@ -29,9 +30,20 @@ X = torch.randn(16, 4, generator=_gen)
 Y = torch.randn(16, 1, generator=_gen)
 
 
-def make_model() -> nn.Module:
-    torch.manual_seed(0)
+def _net() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+torch.manual_seed(0)
+#: Replicas are threads here, and torch's global generator is shared between threads: models are
+#: built from these weights rather than from a seed.
+INITIAL = _net().state_dict()
+
+
+def make_model() -> nn.Module:
+    model = _net()
+    model.load_state_dict(INITIAL)
+    return model
 
 
 def xla_fabric(rt: FakeRuntime, devices: int | str = "auto", **kwargs: object) -> Fabric:
@@ -135,7 +147,8 @@ def test_without_torch_xla_naming_xla_says_what_to_install() -> None:
 
 def test_strategy_refuses_a_non_xla_accelerator() -> None:
     rt = FakeRuntime()
-    with pytest.raises(ValueError, match=r"strategy='xla' runs on XLA devices.*'cpu'.*accelerator='xla'"):
+    message = r"strategy='xla' runs on XLA devices.*'cpu'.*accelerator='xla'"
+    with pytest.raises(ValueError, match=message):
         Fabric(accelerator="cpu", strategy=XLAStrategy(runtime=rt))
     with pytest.raises(ValueError, match="start_method='thread'"):
         XLAStrategy(start_method="thread", runtime=rt)
@@ -314,9 +327,9 @@ def test_no_backward_sync_warns_once_and_changes_nothing() -> None:
     fabric = xla_fabric(rt, devices=1)
     model = make_model()
     model, opt = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.warns(UserWarning, match="XLAStrategy does not support no_backward_sync"):
-        with fabric.no_backward_sync(model):
-            fabric.backward(F.mse_loss(model(X[:8]), Y[:8]))
+    message = "XLAStrategy does not support no_backward_sync"
+    with pytest.warns(UserWarning, match=message), fabric.no_backward_sync(model):
+        fabric.backward(F.mse_loss(model(X[:8]), Y[:8]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with fabric.no_backward_sync(model):
