@@ -208,8 +208,10 @@ def report(times: dict[str, list[float]], counts: dict[str, tuple[int, int]], st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per loop per round")
-    parser.add_argument("--rounds", type=int, default=7)
+    # Short rounds, many of them: a fabric round and a raw round side by side see the same load,
+    # which matters on a shared machine more than the length of any one round.
+    parser.add_argument("--steps", type=int, default=50, help="steps per loop per round")
+    parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args(argv)
     import torch.multiprocessing as mp
 
