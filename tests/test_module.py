@@ -194,3 +194,60 @@ def test_accumulation_without_the_plugin_names_it(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("loopkit.trainer.registry", lambda: Registry([]))
     with pytest.raises(RuntimeError, match="pip install loopkit-accumulation"):
         trainer(max_epochs=1, accumulate_grad_batches=4).fit(Regressor(), data(n=8))
+
+
+def test_manual_steps_with_a_scheduler_go_through_fabric_and_count() -> None:
+    stepped: list[int] = []
+
+    class CB(loopkit.Callback):
+        def on_optimizer_step(self, trainer: t.Any, optimizer: t.Any) -> None:
+            stepped.append(trainer.global_step)
+
+    class M(Regressor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def configure_optimizers(self) -> t.Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [StepLR(opt, 1)]  # a torch scheduler patches the optimizer's step
+
+        def training_step(self, batch: t.Any, batch_idx: int) -> None:
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.compute_loss(batch))
+            opt.step()
+            self.lr_schedulers().step()
+
+    model = M()
+    tr = trainer(max_epochs=1, callbacks=[CB()])
+    tr.fit(model, data(n=24, batch_size=8))
+    assert stepped == [0, 1, 2] and tr.global_step == 3
+    raw = model.optimizers().optimizer
+    assert type(raw) is torch.optim.SGD
+    assert not any(isinstance(v, loopkit.Trainer) for v in vars(raw).values())
+
+
+def test_two_optimizers_stepping_in_one_batch_count_once() -> None:
+    class M(Regressor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(4, 1)
+            self.automatic_optimization = False
+
+        def configure_optimizers(self) -> t.Any:
+            return (
+                torch.optim.SGD(self.layer.parameters(), lr=0.1),
+                torch.optim.SGD(self.head.parameters(), lr=0.1),
+            )
+
+        def training_step(self, batch: t.Any, batch_idx: int) -> None:
+            for opt in self.optimizers():
+                opt.zero_grad()
+                x, y = batch
+                self.manual_backward(torch.nn.functional.mse_loss(self.layer(x) + self.head(x), y))
+                opt.step()
+
+    tr = trainer(max_steps=4)
+    tr.fit(M(), data(n=48, batch_size=8))
+    assert tr.global_step == 4 and tr.progress.total_batches == 4  # not 2 batches
