@@ -120,7 +120,7 @@ def safe_load(
                 f"checkpoint {str(path)!r} holds objects that are not plain tensors or "
                 f"containers, and loading them could run code. If you trust this file, load it "
                 f"with weights_only=False, or allow its types with "
-                f"torch.serialization.add_safe_globals([...]). Details: {_first_line(err)}"
+                f"torch.serialization.add_safe_globals([...]). Details: {_refusal(err)}"
             ) from err
         raise _corrupt(path, err) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
@@ -160,6 +160,14 @@ def verify(path: str | os.PathLike[str]) -> None:
             "written with it, so some of its values are damaged. Load an earlier checkpoint; "
             "loopkit writes checkpoints atomically, so this file was damaged after it was written"
         )
+
+
+def _refusal(err: BaseException) -> str:
+    # torch's message is long; the line naming the refused type is the one worth repeating.
+    for line in str(err).splitlines():
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.strip().split(" Please use", 1)[0]
+    return _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:

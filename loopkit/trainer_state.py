@@ -21,7 +21,6 @@ This module must never import a plugin package.
 from __future__ import annotations
 
 import collections.abc as c
-import contextlib
 import os
 import random
 import sys
@@ -125,7 +124,8 @@ def _generators(loader: t.Any) -> list[torch.Generator]:
     """The torch generators a dataloader shuffles and seeds its workers with, if any."""
     found: list[torch.Generator] = []
     batch_sampler = getattr(loader, "batch_sampler", None)
-    owners = (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None))
+    sampler = getattr(loader, "sampler", None)
+    owners = (loader, sampler, getattr(batch_sampler, "sampler", None))
     for owner in owners:
         gen = getattr(owner, "generator", None)
         if isinstance(gen, torch.Generator) and all(gen is not f for f in found):
@@ -139,35 +139,48 @@ def _stateful(obj: object) -> bool:
     )
 
 
-class _SkipFirst:
-    """A DataLoader's index sampler whose first iteration draws ``count`` items without yielding
-    them, then calls ``then()``; later iterations are the original's.
+class _Indices:
+    """Stands in for a map-style DataLoader's index sampler (its ``batch_sampler``, or its
+    ``sampler`` when it does not batch) while the Trainer iterates it.
 
-    It stands in while a resumed epoch's iterator is created, so the batches already trained are
-    never loaded, yet the sampler consumes its randomness exactly as it did the first time.
-    The generator body runs at the first index pulled (not when ``iter()`` is called), as a
-    sampler's own does: a DataLoader may call ``iter()`` on it more than once while setting up.
+    The body of ``__iter__`` runs at the first index pulled, not when ``iter()`` is called (a
+    DataLoader may call it twice while setting up, and a persistent iterator resets without
+    drawing a new worker seed): that is the moment the sampler draws its randomness. Then, once
+    per epoch, it runs the plan :class:`ResumableData` left: note the RNG states (``watch``), or
+    put back the states noted in the interrupted run, draw the indices of the batches already
+    trained without yielding them, and hand the states the loop had back (``resume``).
     """
 
-    def __init__(self, inner: t.Any, count: int, then: c.Callable[[], None]) -> None:
-        self._inner, self._count, self._then = inner, count, then
+    def __init__(self, inner: t.Any, owner: ResumableData) -> None:
+        self._inner, self._owner = inner, owner
 
     def __iter__(self) -> c.Iterator[t.Any]:
-        count, self._count = self._count, 0
+        owner = self._owner
+        plan, owner._plan = owner._plan, None
+        if plan is None:
+            yield from self._inner
+            return
+        if plan[0] == "watch":
+            owner.epoch_start = owner._snapshot()
+            yield from self._inner
+            return
+        _, start, saved, back = plan
+        if saved is not None:
+            owner._restore_snapshot(saved)
+        owner.epoch_start = saved if saved is not None else owner._snapshot()
         it = iter(self._inner)
-        if count:
-            for _ in range(count):
-                if next(it, _END) is _END:
-                    break
-            self._then()
+        for _ in range(start):
+            if next(it, _END) is _END:
+                break
+        back()
         yield from it
 
     def __len__(self) -> int:
         return len(self._inner)
 
     def __getattr__(self, name: str) -> t.Any:
-        # .sampler, .batch_size, .drop_last: what set_epoch and others look for.
-        if name == "_inner":
+        # .sampler, .batch_size, .drop_last, .set_epoch: what DataLoader and Fabric look for.
+        if name in ("_inner", "_owner"):
             raise AttributeError(name)
         return getattr(self._inner, name)
 
@@ -175,24 +188,11 @@ class _SkipFirst:
 _END = object()
 
 
-@contextlib.contextmanager
-def _skipping(loader: t.Any, count: int, then: c.Callable[[], None]) -> c.Iterator[None]:
-    attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
-    original = getattr(loader, attr)
-    skip = _SkipFirst(original, count, then)
-    object.__setattr__(loader, attr, skip)  # DataLoader refuses plain assignment after __init__
-    try:
-        yield
-    finally:
-        if getattr(loader, attr) is skip:
-            object.__setattr__(loader, attr, original)
-
-
 class ResumableData:
     """The training data as the Trainer's loop iterates it.
 
-    Each epoch it notes the RNG and generator states its iterator is created from, so that a
-    checkpoint taken part-way through the epoch can recreate the same order of batches. A
+    Each epoch it notes the RNG and generator states the epoch's order of batches is drawn
+    from, so that a checkpoint taken part-way through the epoch can recreate that order. A
     resumed epoch (:meth:`iter_from`) starts at its first batch not yet trained:
 
     * a loader, sampler or dataset that offers ``state_dict``/``load_state_dict`` resumes
@@ -200,33 +200,59 @@ class ResumableData:
     * a map-style ``DataLoader`` draws the indices of the batches already trained from its
       sampler and drops them, without loading them;
     * any other iterable is read from its start and the batches already trained are dropped.
+
+    For a map-style ``DataLoader`` the loader's index sampler is replaced, while fitting, by a
+    stand-in that forwards everything to it (:meth:`close` puts it back).
     """
 
     def __init__(self, data: t.Any, progress: t.Any) -> None:
         self.data = data
         self.progress = progress
         self.loader = unwrap(data)
-        #: RNG and generator states as the running epoch's iterator was created.
+        #: RNG and generator states the running epoch's order of batches was drawn from.
         self.epoch_start: dict[str, t.Any] | None = None
         self._resume_from: dict[str, t.Any] | None = None
+        self._plan: tuple[t.Any, ...] | None = None
+        self._indices: _Indices | None = None
+        self._attr = ""
+        if self.resume_mode() == "sampler":
+            loader = self.loader
+            self._attr = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+            current = getattr(loader, self._attr)
+            inner = current._inner if isinstance(current, _Indices) else current
+            self._indices = _Indices(inner, self)
+            # DataLoader refuses plain assignment of its samplers after __init__.
+            object.__setattr__(loader, self._attr, self._indices)
+
+    def close(self) -> None:
+        """Give the DataLoader its own index sampler back."""
+        indices = self._indices
+        self._indices = None
+        if indices is None:
+            return
+        inner = indices._inner
+        if getattr(self.loader, self._attr, None) is indices:
+            object.__setattr__(self.loader, self._attr, inner)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __iter__(self) -> c.Iterator[t.Any]:
         self._sync_epoch()
-        self.epoch_start = self._snapshot()
+        if self._indices is not None:
+            self._plan = ("watch",)
+        else:
+            self.epoch_start = self._snapshot()
         return iter(self.data)
 
     def iter_from(self, start: int) -> c.Iterator[t.Any]:
         """An iterator over the running epoch's batches from batch ``start`` on."""
         self._sync_epoch()
         saved, self._resume_from = self._resume_from, None
-        mode = self.resume_mode()
-        if mode == "self":
+        if self.resume_mode() == "self":
             self.epoch_start = saved if saved is not None else self._snapshot()
             return iter(self.data)
-        return self._replayed(start, saved, mode)
+        return self._replayed(start, saved)
 
     def resume_mode(self) -> str:
         """``"self"``, ``"sampler"`` or ``"read"``: how a resumed epoch skips what was trained."""
@@ -244,14 +270,9 @@ class ResumableData:
             return "sampler"
         return "read"
 
-    def _replayed(
-        self, start: int, saved: dict[str, t.Any] | None, mode: str
-    ) -> c.Iterator[t.Any]:
+    def _replayed(self, start: int, saved: dict[str, t.Any] | None) -> c.Iterator[t.Any]:
         # Runs at the first batch the loop asks for: everything before it happened already.
         now = rng_state()
-        if saved is not None:
-            self._restore_snapshot(saved)
-        self.epoch_start = saved if saved is not None else self._snapshot()
         done = False
 
         def back() -> None:  # the states the loop had: the replay must not change them
@@ -260,18 +281,22 @@ class ResumableData:
                 done = True
                 set_rng_state(now)
 
-        if mode == "sampler":
-            with _skipping(self.loader, start, back):
+        if self._indices is not None:
+            self._plan = ("resume", start, saved, back)
+            try:
                 it = iter(self.data)
-                try:
-                    first = next(it)
-                except StopIteration:
-                    return
-                finally:
-                    back()
+                first = next(it)
+            except StopIteration:
+                return
+            finally:
+                self._plan = None
+                back()
             yield first
             yield from it
             return
+        if saved is not None:
+            self._restore_snapshot(saved)
+        self.epoch_start = saved if saved is not None else self._snapshot()
         it = iter(self.data)
         try:
             for _ in range(start):
@@ -304,6 +329,8 @@ class ResumableData:
         parts = [("loader", loader)]
         for key in ("sampler", "batch_sampler", "dataset"):
             obj = getattr(loader, key, None)
+            if isinstance(obj, _Indices):
+                obj = obj._inner
             if obj is not None:
                 parts.append((key, obj))
         return [(key, obj) for key, obj in parts if _stateful(obj)]
@@ -400,6 +427,8 @@ class Checkpointing:
         bus.connect(self._validation_end, "on_validation_end", priority=_TRACK)
         bus.connect(self._epoch_end, "on_train_epoch_end", priority=_TRACK)
         bus.connect(self._train_end, "on_train_end", priority=_TRACK)
+        bus.connect(self._close, "on_fit_end", priority=_APPLY)
+        bus.connect(self._close, "on_exception", priority=_APPLY)
         bus.connect(self._apply_at_train_start, "on_train_start", priority=_APPLY)
         bus.connect(self._apply_at_epoch_start, "on_train_epoch_start", priority=_APPLY)
 
@@ -428,6 +457,10 @@ class Checkpointing:
     def _train_end(self) -> None:
         self.stage = "ended"
 
+    def _close(self) -> None:
+        if self.data is not None:
+            self.data.close()
+
     # -- fit ------------------------------------------------------------------------------------
 
     def begin_fit(
@@ -439,16 +472,36 @@ class Checkpointing:
     ) -> ResumableData:
         """Wrap the training data; restore ``ckpt_path`` when given. Returns what the loop
         iterates."""
-        self.step = step
+        # The automatic step object (a bound method of it may be what the loop calls).
+        self.step = getattr(step, "__self__", step)
         self.stage, self.batches_done = "idle", 0
+        self._close()
         self.data = ResumableData(train_loader, self.trainer.progress)
-        for cb in self.checkpoint_callbacks():
-            cb.resolve_dirpath(self.trainer)
+        self._check_callbacks()
         if ckpt_path is not None:
             path = self.resolve(ckpt_path, "fit")
             if path is not None:
                 self.restore(path, weights_only)
         return self.data
+
+    def _check_callbacks(self) -> None:
+        """Two ModelCheckpoints writing the same file names into one folder would delete each
+        other's files: refuse before training."""
+        claimed: dict[tuple[str, str], int] = {}
+        for i, cb in enumerate(self.checkpoint_callbacks()):
+            folder = cb.resolve_dirpath(self.trainer)
+            names = [cb.filename or "{epoch}-{step}"] if cb.save_top_k != 0 else []
+            if cb.save_last:
+                names.append(cb.CHECKPOINT_NAME_LAST)
+            for name in names:
+                other = claimed.setdefault((folder, name), i)
+                if other != i:
+                    raise ValueError(
+                        f"two ModelCheckpoint callbacks (numbers {other} and {i} among the "
+                        f"trainer's) write files named {name!r} into {folder!r}, so each would "
+                        "delete or overwrite the other's. Give one of them another filename= or "
+                        "dirpath="
+                    )
 
     def checkpoint_callbacks(self) -> list[t.Any]:
         from loopkit.callbacks import ModelCheckpoint
@@ -488,9 +541,7 @@ class Checkpointing:
                 return None
             return max(found, key=lambda p: p.stat().st_mtime_ns)
         if not isinstance(ckpt_path, (str, os.PathLike)):
-            raise TypeError(
-                f"{what}(ckpt_path={ckpt_path!r}): pass a file path, 'last' or 'best'"
-            )
+            raise TypeError(f"{what}(ckpt_path={ckpt_path!r}): pass a file path, 'last' or 'best'")
         path = Path(ckpt_path)
         if not path.exists():
             raise FileNotFoundError(
@@ -671,8 +722,9 @@ class Checkpointing:
             p.should_stop = bool(loops["should_stop"])
         step = self.step
         accumulated = list(loops.get("accumulated", []))
-        if step is not None and len(accumulated) == len(getattr(step, "accumulated", [])):
-            step.accumulated = [bool(a) for a in accumulated]
+        current = getattr(step, "accumulated", None)
+        if isinstance(current, list) and len(current) == len(accumulated):
+            current[:] = [bool(a) for a in accumulated]
         grads = checkpoint.get("gradients")
         if grads:
             params = dict(module.named_parameters())

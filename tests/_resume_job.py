@@ -104,7 +104,8 @@ class Counter(Callback):
 
     def on_train_batch_end(self, trainer: t.Any, outputs: t.Any) -> None:
         self.batches += 1
-        self.loss_sum += float(outputs["loss"])
+        if outputs is not None:  # manual optimization returns nothing
+            self.loss_sum += float(outputs["loss"])
 
     def on_before_optimizer_step(self, trainer: t.Any) -> None:
         _kill_if("before_step", trainer.progress.total_batches)
