@@ -328,9 +328,11 @@ class Bus:
         self._dispatchers: dict[str, _Dispatcher | None] = {}
         #: hook names with an ``every``/``once`` receiver.
         self._filtered: set[str] = set()
-        #: Grows whenever a subscription changes: an owner may cache what depends on who listens
-        #: (Fabric skips building the arguments of hooks nobody receives) and re-check on change.
+        #: Grows whenever a subscription changes; :attr:`watchers` are then called (no
+        #: arguments), so an owner can cache what depends on who listens without asking on
+        #: every call (Fabric skips building the arguments of hooks nobody receives).
         self.version = 0
+        self.watchers: list[c.Callable[[], None]] = []
         self.add_fired(fires)
 
     def __repr__(self) -> str:
@@ -456,6 +458,8 @@ class Bus:
         for name in set(names):
             self._ordered.pop(name, None)
             self._dispatchers.pop(name, None)
+        for watcher in self.watchers:
+            watcher()
 
     def _subscribed(self, name: str) -> list[_Receiver]:
         if name not in self._signals:

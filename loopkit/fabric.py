@@ -141,9 +141,10 @@ class Fabric:
         self._sole: tuple[FabricModule, nn.Module, nn.Module] | None = None
         self._module_subscriptions: dict[int, list[Subscription]] = {}
         self._backward_calls = 0
-        #: Which of Fabric's own hooks have receivers, as of bus version ``_live_version``.
-        self._live: frozenset[str] = frozenset()
-        self._live_version = -1
+        # Whether each step hook has receivers; the bus calls _relisten on every change.
+        self._hear_zero_grad = self._hear_before_backward = self._hear_after_backward = False
+        self._hear_before_step = self._hear_step = False
+        self._bus.watchers.append(self._relisten)
         self._launched = False
         self._warned_no_sync = False
 
@@ -201,6 +202,7 @@ class Fabric:
             if isinstance(lg, Plugin) and all(lg is not cb for cb in self._callbacks):
                 self._bus.connect(lg)
                 lg.attach(self)
+        self._relisten()
         self._refresh_fast_paths()
         if _log.tracing:
             _log.logger().debug(
@@ -317,17 +319,19 @@ class Fabric:
         self._refresh_fast_paths()
         return _PhaseHandle(self, phase, wrapper)
 
-    def _listening(self) -> frozenset[str]:
-        """The hooks Fabric fires itself that have receivers now (cached per bus version).
+    def _relisten(self) -> None:
+        """Re-read which step hooks have receivers (the bus calls this on every change).
 
-        The step methods read the cache directly and fire a hook only when it has receivers,
-        so that a loop without callbacks does not even build the hooks' arguments.
+        The step methods read these flags and fire a hook only when it has receivers, so a loop
+        without callbacks does not even build the hooks' arguments. Under the debug trace every
+        hook is fired, so that the trace shows them all.
         """
-        bus = self._bus
-        if bus.version != self._live_version:
-            self._live = frozenset(name for name in FABRIC_FIRES if bus.receivers(name))
-            self._live_version = bus.version
-        return self._live
+        bus, every = self._bus, _log.tracing
+        self._hear_zero_grad = every or bool(bus.receivers("on_before_zero_grad"))
+        self._hear_before_backward = every or bool(bus.receivers("on_before_backward"))
+        self._hear_after_backward = every or bool(bus.receivers("on_after_backward"))
+        self._hear_before_step = every or bool(bus.receivers("on_before_optimizer_step"))
+        self._hear_step = every or bool(bus.receivers("on_optimizer_step"))
 
     def _refresh_fast_paths(self) -> None:
         self._forward_active = bool(self._precision.active or self._phase_wrappers["forward"])
@@ -541,18 +545,18 @@ class Fabric:
         if self._phase_wrappers["backward"]:
             self._backward_in_phase(tensor, module, fwd, args, kwargs)
             return
-        bus = self._bus
-        live = self._live if bus.version == self._live_version else self._listening()
-        if "on_before_backward" in live:
-            bus.call(
+        if self._hear_before_backward:
+            self._bus.call(
                 "on_before_backward", fabric=self, trainer=self._trainer, module=module, loss=tensor
             )
-        if self._direct_backward:
+        if not self._direct_backward:
+            self._strategy.backward(tensor, fwd, *args, **kwargs)
+        elif args or kwargs:
             tensor.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
         else:
-            self._strategy.backward(tensor, fwd, *args, **kwargs)
-        if "on_after_backward" in live:
-            bus.call("on_after_backward", fabric=self, trainer=self._trainer, module=module)
+            tensor.backward()  # type: ignore[no-untyped-call]
+        if self._hear_after_backward:
+            self._bus.call("on_after_backward", fabric=self, trainer=self._trainer, module=module)
 
     def _backward_in_phase(
         self,

@@ -43,8 +43,9 @@ class FabricModule(nn.Module):
         self.__dict__["_orig"] = original
         self.__dict__["_fabric"] = fabric
         self.__dict__["training"] = original.training
-        #: What calling the wrapper calls directly, or None when the full path is needed.
-        self.__dict__["_direct"] = None
+        #: What calling the wrapper calls: the forward module itself when nothing needs doing
+        #: around it, else nn.Module's own call machinery (bound to this wrapper).
+        self.__dict__["_call"] = self._full_call
         self._refresh()
 
     def _refresh(self) -> None:
@@ -61,7 +62,10 @@ class FabricModule(nn.Module):
             or self._backward_hooks
             or self._backward_pre_hooks
         )
-        self.__dict__["_direct"] = self._fwd if direct else None
+        self.__dict__["_call"] = self._fwd if direct else self._full_call
+
+    def _full_call(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        return nn.Module.__call__(self, *args, **kwargs)
 
     @property
     def module(self) -> nn.Module:
@@ -73,13 +77,11 @@ class FabricModule(nn.Module):
         """The module forward runs on (e.g. the ``DistributedDataParallel`` under ``ddp``)."""
         return t.cast(nn.Module, self.__dict__["_fwd"])
 
-    def __call__(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        # The hot path: one lookup, then the user's module (skipping a second pass through
-        # nn.Module.__call__ for the wrapper itself when nothing needs it).
-        direct = self._direct
-        if direct is not None:
-            return direct(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
+    # The hot path. Calling the wrapper looks ``__call__`` up on the class, finds this
+    # descriptor, and calls what it returns: on the direct path that is the forward module
+    # itself, so no Python frame of the wrapper's runs and nn.Module.__call__ is not entered a
+    # second time. Hooks on the user's module (and global module hooks) still run inside it.
+    __call__ = property(operator.attrgetter("_call"))
 
     def forward(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         fabric = self._fabric
@@ -90,27 +92,27 @@ class FabricModule(nn.Module):
     # Registering a hook on the wrapper turns the direct call off (nn.Module.__call__ runs it).
     def register_forward_pre_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         handle = super().register_forward_pre_hook(*args, **kwargs)
-        self.__dict__["_direct"] = None
+        self.__dict__["_call"] = self._full_call
         return handle
 
     def register_forward_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         handle = super().register_forward_hook(*args, **kwargs)
-        self.__dict__["_direct"] = None
+        self.__dict__["_call"] = self._full_call
         return handle
 
     def register_full_backward_pre_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         handle = super().register_full_backward_pre_hook(*args, **kwargs)
-        self.__dict__["_direct"] = None
+        self.__dict__["_call"] = self._full_call
         return handle
 
     def register_full_backward_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         handle = super().register_full_backward_hook(*args, **kwargs)
-        self.__dict__["_direct"] = None
+        self.__dict__["_call"] = self._full_call
         return handle
 
     def register_backward_hook(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         handle = super().register_backward_hook(*args, **kwargs)
-        self.__dict__["_direct"] = None
+        self.__dict__["_call"] = self._full_call
         return handle
 
     def state_dict(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
@@ -211,16 +213,14 @@ class FabricOptimizer:
                 f"{fabric._precision!r} precision scales the loss, so replace loss.backward() "
                 "with fabric.backward(loss)"
             )
-        bus = fabric._bus
-        live = fabric._live if bus.version == fabric._live_version else fabric._listening()
         if closure is not None:
             closure = _StepClosure(self, closure)
         else:
             unscale = fabric._unscale
             if unscale is not None:
                 unscale(optimizer)
-            if "on_before_optimizer_step" in live:
-                bus.call(
+            if fabric._hear_before_step:
+                fabric._bus.call(
                     "on_before_optimizer_step",
                     fabric=fabric,
                     trainer=fabric._trainer,
@@ -237,8 +237,8 @@ class FabricOptimizer:
             out = optimizer.step(**kwargs)
         else:
             out = optimizer.step()
-        if "on_optimizer_step" in live:
-            bus.call(
+        if fabric._hear_step:
+            fabric._bus.call(
                 "on_optimizer_step",
                 fabric=fabric,
                 trainer=fabric._trainer,
@@ -262,10 +262,8 @@ class FabricOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         fabric = self._fabric
-        bus = fabric._bus
-        live = fabric._live if bus.version == fabric._live_version else fabric._listening()
-        if "on_before_zero_grad" in live:
-            bus.call(
+        if fabric._hear_zero_grad:
+            fabric._bus.call(
                 "on_before_zero_grad",
                 fabric=fabric,
                 trainer=fabric._trainer,
@@ -315,7 +313,7 @@ class _StepClosure:
         wrapped = self.wrapped
         fabric = wrapped._fabric
         fabric._precision.unscale_gradients(wrapped._optimizer)
-        if "on_before_optimizer_step" in fabric._listening():
+        if fabric._hear_before_step:
             fabric._bus.call(
                 "on_before_optimizer_step",
                 fabric=fabric,

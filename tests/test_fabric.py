@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from loopkit import Fabric
 from loopkit.accelerator import CPUAccelerator
-from loopkit.plugins import PluginNotFoundError, registry
+from loopkit.plugins import PluginNotFoundError
 from loopkit.precision import Precision
 from loopkit.strategy import SingleDeviceStrategy, move_to_device
 
@@ -110,11 +110,20 @@ def test_unknown_strategy_lists_the_installed_ones() -> None:
         Fabric(accelerator="cpu", strategy="dp")
 
 
-def test_first_party_name_not_installed_names_its_distribution() -> None:
-    if "xla" in registry():
-        pytest.skip("loopkit-xla is installed here")
-    with pytest.raises(PluginNotFoundError, match="pip install loopkit-xla"):
-        Fabric(accelerator="cpu", strategy="xla")
+def test_first_party_name_not_installed_names_its_distribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import loopkit.fabric
+    from loopkit.plugins import Registry
+
+    empty = Registry(entry_points=[])  # an environment where no plugin is installed
+    monkeypatch.setattr(loopkit.fabric, "registry", lambda: empty)
+    with pytest.raises(PluginNotFoundError, match="pip install loopkit-ddp"):
+        Fabric(accelerator="cpu", strategy="ddp")
+    with pytest.raises(PluginNotFoundError, match="pip install loopkit-precision"):
+        Fabric(accelerator="cpu", precision="bf16-mixed")
+    # the embedded names need no installed plugin at all
+    assert type(Fabric(accelerator="cpu", strategy="single_device").precision) is Precision
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
