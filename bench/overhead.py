@@ -10,6 +10,8 @@ loop's time in the same round; the ratio of the best rounds is printed beside it
 Rows:
 
 ``raw``               the plain PyTorch loop (the denominator)
+``raw (control)``     the same plain loop again: its ratio is the noise of this run (a run whose
+                      control is far from 1.00x measured a busy machine; run it again)
 ``fabric``            ``fabric.setup``, ``setup_dataloaders``, ``fabric.backward``: nothing else
 ``fabric+callbacks``  the same, firing 5 callbacks at 4 hook points per step with ``fabric.call``
 ``trainer``           ``loopkit.Trainer.fit`` with automatic optimization (no logger, no
@@ -277,6 +279,7 @@ def _lightning_loops() -> dict[str, LoopBuilder]:
 #: Every loop timed, by row name. ``raw`` must stay first: it is the denominator.
 LOOPS: dict[str, LoopBuilder] = {
     "raw": raw_loop,
+    "raw (control)": raw_loop,
     "fabric": fabric_loop,
     "fabric+callbacks": _fabric_callbacks_loop(Fabric),
     "trainer": trainer_loop,

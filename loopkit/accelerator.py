@@ -63,6 +63,15 @@ class Accelerator(Plugin):
             indices = list(range(devices))
         else:
             indices = list(devices)
+            if not indices or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in indices
+            ):
+                raise ValueError(
+                    f"devices={devices!r}: a list of devices holds device indices (ints), at "
+                    "least one"
+                )
+            if len(set(indices)) != len(indices):
+                raise ValueError(f"devices={indices!r} names a device twice; name each once")
         self._check(indices)
         return indices
 
@@ -71,12 +80,12 @@ class Accelerator(Plugin):
 
     def _check(self, indices: list[int]) -> None:
         count = self.device_count()
-        too_big = [i for i in indices if i >= count or i < 0]
-        if too_big or len(set(indices)) != len(indices):
+        if any(i >= count or i < 0 for i in indices):
+            asked = len(indices) if indices == list(range(len(indices))) else indices
             raise ValueError(
-                f"devices={indices if len(indices) != len(range(len(indices))) else len(indices)}"
-                f" asks for more {self.device_type} devices than this machine has ({count}); "
-                f"pass devices<={count} or 'auto'"
+                f"devices={asked!r} asks for {self.device_type} devices this machine does not "
+                f"have (it has {count}); pass at most {count} devices, indices below {count}, "
+                "or 'auto'"
             )
 
 

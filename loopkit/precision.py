@@ -69,7 +69,12 @@ class Precision(Plugin):
         loss.backward(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring gradients to their true scale (a no-op without a grad scaler)."""
+        """Bring gradients to their true scale (a no-op without a grad scaler).
+
+        May be called more than once before a step (``clip_gradients``, then the step itself):
+        only the first call after a backward may unscale. Fabric skips calling it when a
+        precision does not override it.
+        """
 
     def optimizer_step(
         self,

@@ -151,6 +151,30 @@ def test_bad_constructor_arguments(kwargs: dict[str, t.Any], error: type, match:
         Fabric(accelerator=kwargs.pop("accelerator", "cpu"), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("devices", "match"),
+    [
+        ([], r"devices=\[\]: a list of devices"),
+        (["0"], "holds device indices"),
+        ([0, 0], "names a device twice"),
+    ],
+)
+def test_bad_device_lists(devices: list[t.Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Fabric(accelerator="cpu", devices=devices)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 4, reason="needs at most 4 CUDA devices")
+def test_more_devices_than_the_machine_has_names_what_was_asked() -> None:
+    from loopkit.accelerator import CUDAAccelerator
+
+    count = CUDAAccelerator.device_count()
+    with pytest.raises(ValueError, match=rf"devices=5 asks for cuda devices .* has {count}\)"):
+        CUDAAccelerator().parse_devices(5)
+    with pytest.raises(ValueError, match=r"devices=\[7\] asks for cuda devices"):
+        CUDAAccelerator().parse_devices([7])
+
+
 def test_environment_fills_arguments_left_at_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOPKIT_STRATEGY", "dp")
     with pytest.raises(PluginNotFoundError, match="'dp'"):
