@@ -7,6 +7,7 @@ Needs torch_xla (plugins/xla/scripts/test.sh builds an env that has it); skipped
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -262,3 +263,16 @@ def test_xla_spmd_over_two_cpu_devices_matches_one_device(tmp_path: Path) -> Non
     single = fabric_loop(Fabric(accelerator="xla"))
     assert_close(result["state"], single.state_dict())
     assert_close(result["state"], eager_reference())
+
+
+def test_the_multi_replica_check_script_passes_on_one_device(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # On a TPU host the same script starts one replica per device (docs/xla.md); here PJRT has
+    # one CPU device, so it runs in this process.
+    spec = importlib.util.spec_from_file_location("_replicas_run", SCRIPTS / "replicas_run.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main() == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.count("ok  ") == 4
