@@ -209,7 +209,10 @@ class FitLoop:
                     "on_train_batch_end",
                     trainer=tr, module=mod, outputs=outputs, batch=batch, batch_idx=batch_idx,
                 )  # fmt: skip
-                if self._after_batch(batch_idx, is_last, validate):
+                # _after_batch(), inlined: this runs every batch.
+                if validate is not None and self._val_due(batch_idx, is_last):
+                    validate()
+                if p.should_stop or 0 <= self.max_steps <= p.global_step:
                     break
             call("on_train_epoch_end", trainer=tr, module=mod)
             p.epoch += 1

@@ -37,6 +37,10 @@ __all__ = ["Trainer"]
 _FIRST, _LAST = 10_000, -10_000
 
 
+#: ``_forward_backward``'s default for ``out``: run training_step.
+_RUN: t.Any = object()
+
+
 class _SkipBatch(Exception):
     """Raised inside the closure when training_step returned None: abandons the step."""
 
@@ -737,7 +741,24 @@ class _AutomaticStep:
         return _batch_output(out)
 
     def _closure(self, batch: t.Any, batch_idx: int) -> t.Any:
-        return self._forward_backward(batch, batch_idx, 0, self.opt, True, True, True)
+        # _forward_backward(batch, batch_idx, 0, self.opt, True, True, True), inlined for a
+        # finite scalar loss tensor; anything else takes the general path.
+        if self.direct and not self.fabric._forward_active:
+            out = self.training_step(batch, batch_idx)
+        else:
+            out = self.redirect(batch, batch_idx)
+        self.output = out
+        if (
+            type(out) is not torch.Tensor
+            or not out.requires_grad
+            or out.numel() != 1
+            or not math.isfinite(out.item())
+        ):
+            return self._forward_backward(batch, batch_idx, 0, self.opt, True, True, True, out)
+        t.cast(LoopOptimizer, self.opt).zero_grad()
+        self.fabric.backward(out, model=self.wrapped)
+        self.progress.stepped = True
+        return out
 
     def __call__(self, batch: t.Any, batch_idx: int) -> t.Any:
         if not self.optimizers:
@@ -818,18 +839,21 @@ class _AutomaticStep:
         stepping: bool,
         zero: bool,
         mark: bool,
+        out: t.Any = _RUN,
     ) -> t.Any:
         """training_step, zero_grad (at the start of a window), backward.
 
         ``stepping``: run for a step (None from training_step abandons the step), else for an
         accumulating batch. ``zero``: zero gradients first unless the window accumulated some.
-        ``mark``: count the batch as stepped (the closure ran inside a step).
+        ``mark``: count the batch as stepped (the closure ran inside a step). ``out``: what
+        training_step returned, when the caller ran it already.
         """
-        args = (batch, batch_idx, idx) if self.pass_idx else (batch, batch_idx)
-        if self.direct and not self.fabric._forward_active:
-            out = self.training_step(*args)
-        else:
-            out = self.redirect(*args)
+        if out is _RUN:
+            args = (batch, batch_idx, idx) if self.pass_idx else (batch, batch_idx)
+            if self.direct and not self.fabric._forward_active:
+                out = self.training_step(*args)
+            else:
+                out = self.redirect(*args)
         self.output = out
         if isinstance(out, torch.Tensor):
             loss = out
