@@ -34,18 +34,24 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if t.TYPE_CHECKING:
-    from loopkit._log import set_debug
-    from loopkit.accelerator import Accelerator
-    from loopkit.callbacks import Callback, ModelCheckpoint
-    from loopkit.checkpoint import CheckpointError
-    from loopkit.events import Bus, HookError
-    from loopkit.fabric import Fabric, Phase
-    from loopkit.hooks import HOOKS
-    from loopkit.module import LoopModule
-    from loopkit.plugins import Plugin, registry
-    from loopkit.precision import Precision
-    from loopkit.strategy import SingleDeviceStrategy, Strategy
-    from loopkit.trainer import Trainer
+    # `X as X`: an explicit re-export (what mypy --strict and ruff want of a package's names).
+    from loopkit._log import set_debug as set_debug
+    from loopkit.accelerator import Accelerator as Accelerator
+    from loopkit.callbacks import Callback as Callback
+    from loopkit.callbacks import ModelCheckpoint as ModelCheckpoint
+    from loopkit.checkpoint import CheckpointError as CheckpointError
+    from loopkit.events import Bus as Bus
+    from loopkit.events import HookError as HookError
+    from loopkit.fabric import Fabric as Fabric
+    from loopkit.fabric import Phase as Phase
+    from loopkit.hooks import HOOKS as HOOKS
+    from loopkit.module import LoopModule as LoopModule
+    from loopkit.plugins import Plugin as Plugin
+    from loopkit.plugins import registry as registry
+    from loopkit.precision import Precision as Precision
+    from loopkit.strategy import SingleDeviceStrategy as SingleDeviceStrategy
+    from loopkit.strategy import Strategy as Strategy
+    from loopkit.trainer import Trainer as Trainer
 
 
 def __getattr__(name: str) -> t.Any:
