@@ -197,6 +197,8 @@ class Fabric:
         self._plugins: list[t.Any] = []
         for cb in self._callbacks:
             self._bus.connect(cb)
+            if isinstance(cb, Plugin):  # a subscriber plugin given as a callback
+                cb.attach(self)
         for plugin in subscribers:
             self.add_plugin(plugin)
         # Logger plugins hear hooks too (on_exception makes their data durable) and learn their
