@@ -405,3 +405,24 @@ def test_a_subscriber_plugin_is_attached_and_hears_hooks() -> None:
     fabric.backward(model(torch.randn(1, 3)).sum())
     optimizer.step()
     assert plugin.steps == 1
+
+
+def test_a_plugin_given_as_a_callback_is_attached_too() -> None:
+    class Watching(Plugin):
+        host: Fabric | None = None
+
+        def attach(self, host: Fabric) -> None:
+            self.host = host
+
+    plugin = Watching()
+    fabric = Fabric(accelerator="cpu", callbacks=[plugin])
+    assert plugin.host is fabric
+    assert fabric.callbacks == [plugin]
+
+
+def test_a_misspelt_hook_method_on_a_module_gets_a_warning() -> None:
+    class Typo(nn.Linear):
+        def on_train_epoch_ends(self) -> None: ...
+
+    with pytest.warns(UserWarning, match="did you mean 'on_train_epoch_end'"):
+        Fabric(accelerator="cpu").setup(Typo(2, 1))
