@@ -124,19 +124,20 @@ def test_accumulating_batches_are_cut_by_the_device_loader(sync_calls: list[str]
     assert graphs[3] == graphs[-1], graphs
 
 
+class Regressor(LoopModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_model()
+
+    def training_step(self, batch: t.Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return make_optimizer(self)
+
+
 def test_trainer_on_xla_matches_the_trainer_on_cpu(tmp_path: Path) -> None:
-    class Regressor(LoopModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = make_model()
-
-        def training_step(self, batch: t.Any, batch_idx: int) -> torch.Tensor:
-            x, y = batch
-            return F.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return make_optimizer(self)
-
     def fit(accelerator: str) -> dict[str, torch.Tensor]:
         module = Regressor()
         trainer = Trainer(
@@ -150,6 +151,28 @@ def test_trainer_on_xla_matches_the_trainer_on_cpu(tmp_path: Path) -> None:
 
     on_xla = fit("xla")
     assert_close(on_xla, fit("cpu"))
+
+
+def test_the_trainer_resumes_exactly_from_its_checkpoint_on_xla(tmp_path: Path) -> None:
+    def fit(epochs: int, root: str, ckpt_path: Path | None = None) -> tuple[Trainer, dict]:
+        module = Regressor()
+        trainer = Trainer(
+            accelerator="xla", max_epochs=epochs, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=tmp_path / root,
+        )  # fmt: skip
+        trainer.fit(module, loader(8), ckpt_path=ckpt_path)
+        return trainer, on_cpu(module.state_dict())
+
+    _, uninterrupted = fit(3, "whole")
+    fit(1, "stopped")
+    saved = sorted((tmp_path / "stopped").rglob("*.ckpt"))
+    assert len(saved) == 1, saved
+    checkpoint = torch.load(saved[0], weights_only=False)
+    assert all(v.device.type == "cpu" for v in checkpoint["state_dict"].values())
+    resumed, state = fit(3, "stopped", ckpt_path=saved[0])
+    assert resumed.global_step == 18
+    for key, value in uninterrupted.items():
+        assert torch.equal(state[key], value), key
 
 
 def test_checkpoints_are_written_from_cpu_tensors_and_restore(tmp_path: Path) -> None:
