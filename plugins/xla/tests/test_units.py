@@ -17,7 +17,7 @@ import torch
 from fake_runtime import FakeRuntime
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from loopkit import Fabric, registry
 from loopkit.plugins import PluginNotFoundError
@@ -204,6 +204,25 @@ def test_replicas_train_data_parallel_like_one_process_on_the_global_batch() -> 
     assert rt.counts[(0, "sync")] == rt.counts[(1, "sync")] == steps
     assert rt.count("device_loader") == 2 * 2  # each replica's loader, each epoch
     assert rt.launches == ["spawn"]
+
+
+def epoch_orders(fabric: Fabric) -> list[list[int]]:
+    dataset = TensorDataset(torch.arange(16))
+    loader = fabric.setup_dataloaders(DataLoader(dataset, batch_size=4, shuffle=True))
+    return [[int(i) for (batch,) in loader for i in batch] for _ in range(2)]
+
+
+def test_the_sampler_epoch_reaches_through_the_device_loader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LOOPKIT_GLOBAL_SEED", raising=False)
+    orders = xla_fabric(FakeRuntime(2)).launch(epoch_orders)
+    expected = []
+    for epoch in range(2):
+        sampler = DistributedSampler(range(16), num_replicas=2, rank=0, shuffle=True, seed=0)
+        sampler.set_epoch(epoch)
+        expected.append(list(sampler))
+    assert orders == expected and orders[0] != orders[1]
 
 
 def test_clipping_sees_the_averaged_gradients_and_reduces_once() -> None:
