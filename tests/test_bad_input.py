@@ -157,7 +157,7 @@ CHOOSING = [
         "more devices than the machine has",
         _fake_cuda(1),
         ValueError,
-        ("devices=4", "more cuda devices than this machine has (1)", "pass devices<=1"),
+        ("devices=4", "cuda devices this machine does not have (it has 1)", "pass at most 1"),
     ),
     Case(
         "negative devices",

@@ -391,3 +391,20 @@ def test_python_and_numpy_generators_continue_after_resume(tmp_path: Path) -> No
     )
     fit(tmp_path, make_callbacks=lambda: [Draw("b")], ckpt_path=ckpt, seed=1)
     assert draws["b"] == draws["a"][8:]
+
+
+def test_the_dataloader_gets_its_own_sampler_back(tmp_path: Path) -> None:
+    loader = DATA["own_generator"]()
+    batch_sampler = loader.batch_sampler
+    fit(tmp_path, make_data=lambda: loader, max_epochs=1, val_check_interval=None)
+    assert loader.batch_sampler is batch_sampler
+
+    class Failing(job.Net):
+        def training_step(self, batch: t.Any, batch_idx: int) -> torch.Tensor:
+            if batch_idx == 2:
+                raise KeyError("boom")
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(KeyError, match="boom"):
+        fit(tmp_path, Failing, lambda: loader, max_epochs=1, val_check_interval=None)
+    assert loader.batch_sampler is batch_sampler
