@@ -2,10 +2,11 @@
 
 Run: ``.venv/bin/python bench/overhead.py``. One tiny model (MLP 32-64-1, batch 32, SGD, one
 torch thread) is trained for ``--steps`` steps by each loop in :data:`LOOPS`. The loops are timed
-in rounds, interleaved in this one process: within a round every loop runs ``--chunk`` steps in
-turn until each has run ``--steps``, and the order rotates every round, so machine noise hits all
-of them alike. Each loop's figure is the median over rounds of its round time divided by the raw
-loop's time in the same round; the ratio of the best rounds is printed beside it.
+in rounds, interleaved in this one process pinned to one CPU: within a round every loop runs
+``--chunk`` steps in turn until each has run ``--steps``, in an order shuffled at every turn, so
+machine noise hits all of them alike. Each loop's figure is the median over rounds of its round
+time divided by the raw loop's time in the same round; the ratio of the best rounds is printed
+beside it.
 
 Rows:
 
@@ -34,6 +35,8 @@ import argparse
 import collections.abc as c
 import importlib.util
 import itertools
+import os
+import random
 import statistics
 import sys
 import time
@@ -294,23 +297,30 @@ TARGETS: dict[str, float] = {"fabric": 1.03, "fabric+callbacks": 1.06, "trainer"
 def measure(
     loops: c.Mapping[str, LoopBuilder], steps: int, rounds: int, chunk: int, warmup: int = 1
 ) -> dict[str, list[float]]:
-    """Seconds per round for every loop: chunks interleaved, order rotating each round."""
+    """Seconds per round for every loop: chunks interleaved, in a new order every turn.
+
+    The order is shuffled (with a fixed seed) for every turn of chunks rather than rotated: what
+    runs just before a loop can speed it up or slow it down (the trainer row hands control
+    between threads), and a fixed cyclic order would always give the same loop that neighbour.
+    """
     batches = make_batches()
     names = list(loops)
     times: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter
+    shuffle = random.Random(0).shuffle
     for r in range(warmup + rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        runners = {name: loops[name](steps, batches) for name in order}  # fresh models
-        spent = dict.fromkeys(order, 0.0)
+        runners = {name: loops[name](steps, batches) for name in names}  # fresh models
+        spent = dict.fromkeys(names, 0.0)
+        order = list(names)
         for done in range(0, steps, chunk):
             n = min(chunk, steps - done)
+            shuffle(order)
             for name in order:
                 start = clock()
                 took = runners[name](n)  # a runner may time itself (the trainer's worker)
                 spent[name] += clock() - start if took is None else took
         if r >= warmup:
-            for name in order:
+            for name in names:
                 times[name].append(spent[name])
     return times
 
@@ -333,13 +343,31 @@ def report(times: dict[str, list[float]], steps: int) -> bool:
     return ok
 
 
+def _pin(cpu: int | None) -> None:
+    # Every loop, and the trainer row's worker thread, on one core: a loop moved to another
+    # core (or run by a thread on another core) meets other caches, which is not its cost.
+    setaffinity = getattr(os, "sched_setaffinity", None)
+    if setaffinity is None or cpu == -1:
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    setaffinity(0, {allowed[-1] if cpu is None else cpu})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="steps per loop per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--chunk", type=int, default=50, help="steps per turn within a round")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        help="the CPU to pin this process (and its threads) to; default: the last one allowed; "
+        "-1: do not pin",
+    )
     args = parser.parse_args(argv)
+    _pin(args.cpu)
     torch.set_num_threads(args.threads)
     loops = {**LOOPS, **_lightning_loops()}
     times = measure(loops, args.steps, args.rounds, args.chunk)
