@@ -300,6 +300,16 @@ class Fabric:
             attach(self)
         return plugin
 
+    def wrapped_module(self, module: nn.Module) -> FabricModule | None:
+        """The object ``setup`` returned for the user's ``module`` (None if it was not set up).
+
+        Plugins that see the user's own module (a :class:`Phase`, a hook's ``module=``) use it
+        to reach what the strategy acts on, e.g. ``fabric.no_backward_sync(wrapped)``.
+        """
+        if isinstance(module, FabricModule):
+            return module
+        return self._models.get(id(module))
+
     def get_plugin(self, name_or_type: str | type) -> t.Any:
         """The attached plugin with that registry name or of that type, or None."""
         for p in self._plugins:

@@ -246,10 +246,8 @@ class Accumulation(Plugin):
         fabric = self._fabric
         if fabric is None or module is None:
             return contextlib.nullcontext()
-        # Fabric has no public lookup from the user's module to its wrapper yet; the wrapper is
-        # what the strategy's no_backward_sync acts on (the DistributedDataParallel under ddp).
-        models: c.Mapping[int, FabricModule] = getattr(fabric, "_models", {})
-        wrapped = models.get(id(module))
+        # The wrapper is what the strategy's no_backward_sync acts on (the DDP object under ddp).
+        wrapped = fabric.wrapped_module(module)
         if wrapped is not None:
             return fabric.no_backward_sync(wrapped, enabled=True)
         return fabric.strategy.no_backward_sync(module, enabled=True)

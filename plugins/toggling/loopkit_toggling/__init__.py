@@ -222,6 +222,4 @@ def _parameters(opt: torch.optim.Optimizer) -> c.Iterator[nn.Parameter]:
 
 def _wrapped(fabric: Fabric, module: nn.Module) -> FabricModule | None:
     """The FabricModule ``fabric.setup`` made of ``module`` (so DDP gets its own wrapper)."""
-    # Fabric has no public lookup from the user's module to its wrapper yet; read its registry.
-    models: c.Mapping[int, FabricModule] = getattr(fabric, "_models", {})
-    return models.get(id(module))
+    return fabric.wrapped_module(module)
