@@ -164,8 +164,9 @@ def _fabric_callbacks_loop(fabric_cls: t.Any, wrap_data: bool = True) -> LoopBui
         start, after_forward, before_step, end = HOOK_POINTS
 
         def run(n: int) -> None:
-            for batch_idx, (x, y) in itertools.islice(data, n):
-                call(start, batch=(x, y), batch_idx=batch_idx)
+            for batch_idx, batch in itertools.islice(data, n):
+                call(start, batch=batch, batch_idx=batch_idx)
+                x, y = batch
                 loss = mse(model(x), y)
                 call(after_forward, loss=loss)
                 optimizer.zero_grad()

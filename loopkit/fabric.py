@@ -132,7 +132,7 @@ class Fabric:
         self._bus = Bus(fires=FABRIC_FIRES)
         # ``fabric.call`` is the bus's own call: one Python frame less on every hook a loop
         # fires (the method below documents it, and runs only if this is ever removed).
-        self.__dict__["call"] = self._bus.call
+        setattr(self, "call", self._bus.call)  # noqa: B010 (not self.__dict__: keeps the fast layout)
         #: Set by a Trainer that drives this Fabric; hooks receive it as ``trainer=``.
         self._trainer: t.Any = None
         self._phase_wrappers: dict[PhaseName, list[PhaseWrapper]] = {p: [] for p in _PHASES}
