@@ -3,8 +3,9 @@
 The wrappers hold the user's objects (never copies) and route the forward, the optimizer step
 and each batch through the strategy, the precision and the bus. They are on the hot path: when
 nothing needs doing (``32-true``, no phase contexts, no hooks registered on the wrapper itself)
-calling the wrapped module is one Python call away from calling the user's module, without a
-second pass through ``nn.Module.__call__``.
+calling the wrapped module calls the user's module straight away, without a Python frame of the
+wrapper's and without a second pass through ``nn.Module.__call__``; the optimizer's ``step``
+runs its whole logic in one frame.
 
 This module must not import torch's optional heavy parts (``torch._dynamo``) nor any plugin.
 """
@@ -51,10 +52,10 @@ class FabricModule(nn.Module):
     def _refresh(self) -> None:
         """Re-decide whether a call can go straight to ``forward_module``.
 
-        It can when the precision does nothing in the forward, no phase context wraps it, and
-        no hook was ever registered on this wrapper itself (hooks on the user's module, and
-        global module hooks, still run: the user's module is called through
-        ``nn.Module.__call__``).
+        It can when the precision does nothing in the forward, no phase context wraps it, and no
+        hook is registered on this wrapper itself (hooks on the user's module, and global module
+        hooks, still run: the user's module is called through ``nn.Module.__call__``). Fabric
+        calls this whenever one of those changes; registering a hook here turns it off at once.
         """
         direct = not self._fabric._forward_active and not (
             self._forward_pre_hooks
