@@ -229,12 +229,14 @@ def test_two_slurm_tasks_train_together(tmp_path: Path) -> None:
     base = {"SLURM_NTASKS": "2", "SLURM_NODEID": "0", "SLURM_JOB_ID": "42",
             "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost",
             "MASTER_PORT": str(find_free_port())}  # fmt: skip
-    tasks = " & ".join(
+    # Each task is waited for by its pid: `wait -n` answers 127 when both have already ended.
+    tasks = " ".join(
         f"env SLURM_PROCID={r} SLURM_LOCALID={r} {sys.executable} {script} --out {tmp_path} "
-        "--strategy ddp --devices 2"
+        f"--strategy ddp --devices 2 & p{r}=$!;"
         for r in range(2)
     )
-    check_ok(run_command(["bash", "-c", f"{tasks} & wait -n && wait -n"], env=base))
+    wait_all = "wait $p0; s0=$?; wait $p1; s1=$?; exit $((s0 | s1))"
+    check_ok(run_command(["bash", "-c", f"{tasks} {wait_all}"], env=base))
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [r["rank"] for r in results] == [0, 1]
     from test_ddp_training import reference  # the same data and model as the DDP tests
