@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections.abc as c
 import functools
+import importlib
 import inspect
 import math
 import typing as t
@@ -24,6 +25,7 @@ import torch
 
 from loopkit.module import LoopModule, LoopOptimizer, get_toggling
 from loopkit.plugins import registry
+from loopkit.wrappers import FabricOptimizer
 
 if t.TYPE_CHECKING:
     from loopkit.trainer import Trainer
@@ -133,18 +135,71 @@ class _AutomaticStep:
             and not self.pass_idx
             and not self.query
         )
-        self.opt = self.optimizers[0] if self.optimizers else None
+        # Read only where there is exactly one optimizer (the lean path, the closure).
+        self.opt: LoopOptimizer = self.optimizers[0] if self.optimizers else None  # type: ignore[assignment]
+        #: The lean path may run the closure itself and then step without one, where that is
+        #: what ``opt.step(closure)`` would amount to (see :func:`_evaluates_closure_first`).
+        self.eager = (
+            self.simple
+            and self.fabric._direct_step
+            and _GLOBAL_STEP_PRE_HOOKS is not None
+            and _evaluates_closure_first(self.opt)
+        )
+        # What was judged: a step patched onto the wrapper or the optimizer later (by a callback
+        # at on_train_start, say) sends the lean path back to the closure.
+        self.judged_steps = (
+            (self.opt._step, self.opt.__dict__.get("step")) if self.eager else (None, None)
+        )
 
     def entry(self) -> c.Callable[[t.Any, int], t.Any]:
         """The per-batch callable for the loop."""
         return self._simple if self.simple else self
 
     def _simple(self, batch: t.Any, batch_idx: int) -> t.Any:
+        opt = self.opt
+        # (The wrapper shares the optimizer's attribute dictionary: its step pre-hooks included.)
+        if not (
+            self.eager
+            and torch.is_grad_enabled()
+            and not opt._optimizer_step_pre_hooks  # type: ignore[attr-defined]
+            and not _GLOBAL_STEP_PRE_HOOKS
+            and not self.fabric._phase_wrappers["optimizer_step"]
+            and opt._step is self.judged_steps[0]
+            and opt.__dict__.get("step") is self.judged_steps[1]
+        ):
+            return self._simple_with_closure(batch, batch_idx)
+        # What opt.step(closure=...) does for this optimizer, without its closure machinery:
+        # the closure's work (training_step, zero_grad, backward), then the step. The same calls
+        # in the same order, and the same hooks: Fabric's step fires on_before_optimizer_step
+        # after the backward either way.
+        if self.direct and not self.fabric._forward_active:
+            out = self.training_step(batch, batch_idx)
+        else:
+            out = self.redirect(batch, batch_idx)
+        if (
+            type(out) is torch.Tensor
+            and out.requires_grad
+            and out.numel() == 1
+            and math.isfinite(out.item())
+        ):
+            opt.zero_grad()
+            self.fabric.backward(out, model=self.wrapped)
+            self.progress.stepped = True
+            opt.step()
+            return {"loss": out.detach()}
+        try:
+            self._forward_backward(batch, batch_idx, 0, opt, True, True, True, out)
+        except _SkipBatch:
+            return None
+        finally:
+            self.output = None
+        opt.step()
+        return _batch_output(out)
+
+    def _simple_with_closure(self, batch: t.Any, batch_idx: int) -> t.Any:
         self.output = None
         try:  # noqa: SIM105 (a try is free; contextlib.suppress() is an object per batch)
-            t.cast(LoopOptimizer, self.opt).step(
-                closure=functools.partial(self._closure, batch, batch_idx)
-            )
+            self.opt.step(closure=functools.partial(self._closure, batch, batch_idx))
         except _SkipBatch:
             pass
         out, self.output = self.output, None  # the graph is not kept until the next batch
@@ -165,7 +220,7 @@ class _AutomaticStep:
             or not math.isfinite(out.item())
         ):
             return self._forward_backward(batch, batch_idx, 0, self.opt, True, True, True, out)
-        t.cast(LoopOptimizer, self.opt).zero_grad()
+        self.opt.zero_grad()
         self.fabric.backward(out, model=self.wrapped)
         self.progress.stepped = True
         return out
@@ -318,6 +373,45 @@ class _AutomaticStep:
         return loss
 
 
+#: torch's optimizers whose ``step(closure)`` calls the closure once, under ``enable_grad``,
+#: before anything else it does (torch 2.x; LBFGS is not one: it calls it again and again).
+_CLOSURE_FIRST = (
+    "SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "ASGD", "NAdam", "RAdam",
+    "RMSprop", "Rprop", "SparseAdam", "Adafactor",
+)  # fmt: skip
+
+#: Step pre-hooks registered for every optimizer (torch.optim.register_optimizer_step_pre_hook):
+#: they run before the step's closure, so while any is registered the closure goes to the step.
+#: None where torch keeps them elsewhere: then the lean path always passes the closure.
+_GLOBAL_STEP_PRE_HOOKS: c.Mapping[int, t.Any] | None = getattr(
+    importlib.import_module("torch.optim.optimizer"), "_global_optimizer_pre_hooks", None
+)
+
+
+def _evaluates_closure_first(opt: LoopOptimizer) -> bool:
+    """Whether ``opt.step(closure)`` equals ``closure(); opt.step()`` (while no step pre-hook is
+    registered and grad is enabled).
+
+    True when the ``step`` that runs is that of one of torch's optimizers in
+    :data:`_CLOSURE_FIRST` (a subclass that does not override it included), and nothing but an
+    LR scheduler's step counter is patched onto the optimizer or onto Fabric's wrapper. Such a
+    step evaluates the closure before it reads any gradient, and returns what it returned, which
+    the lean path discards. Decided once per fit.
+    """
+    wrapper_step = opt._step
+    if getattr(wrapper_step, "__func__", None) is not FabricOptimizer._fabric_step and not getattr(
+        wrapper_step, "_wrapped_by_lr_sched", False
+    ):
+        return False
+    inner = opt.optimizer
+    patched = inner.__dict__.get("step")
+    if patched is not None and not getattr(patched, "_wrapped_by_lr_sched", False):
+        return False
+    owner = next((k for k in type(inner).__mro__ if "step" in k.__dict__), None)
+    known = {getattr(torch.optim, name, None) for name in _CLOSURE_FIRST}
+    return owner is not None and owner in known and owner.__module__.startswith("torch.optim")
+
+
 def _finite(loss: torch.Tensor) -> bool:
     # On the hot path: for a one-element loss, item() costs a fraction of isfinite().all().
     if loss.numel() == 1:
@@ -326,9 +420,12 @@ def _finite(loss: torch.Tensor) -> bool:
 
 
 def _batch_output(out: t.Any) -> t.Any:
-    # What on_train_batch_end receives as outputs: {"loss": detached loss, ...} (as Lightning).
+    # What on_train_batch_end receives as outputs: {"loss": detached loss, ...} (as Lightning),
+    # tensors detached so that the batch's graph is not kept alive into the next batch.
     if isinstance(out, torch.Tensor):
         return {"loss": out.detach()}
+    if isinstance(out, c.Mapping):
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     return out
 
 

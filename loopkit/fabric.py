@@ -542,8 +542,8 @@ class Fabric:
         """
         module: nn.Module | None
         fwd: nn.Module | None
-        if model is None:
-            sole = self._sole
+        sole = self._sole
+        if model is None or (sole is not None and model is sole[0]):
             if sole is not None:
                 _, module, fwd = sole
             elif self._models:
