@@ -33,6 +33,12 @@ class Progress:
     at least one optimizer stepped, once per batch however many optimizers stepped.
     ``batch_idx`` is the current batch's index in its epoch; ``total_batches`` counts training
     batches over the whole run. ``stepped`` is set by whoever steps an optimizer during a batch.
+
+    ``stage`` says where the loop stands, for a checkpoint taken from a hook: ``idle``,
+    ``epoch_start``, ``batch``, ``batch_end``, ``epoch_end`` or ``ended`` (set by the loop before
+    it fires the hook of that name; a trainer may add its own, ``validating`` say), and
+    ``batches_done`` how many batches of the running epoch have reached ``on_train_batch_end``.
+    Neither is in :meth:`state_dict`: a checkpoint records them beside it.
     """
 
     epoch: int = 0
@@ -42,6 +48,8 @@ class Progress:
     is_last_batch: bool = False
     should_stop: bool = False
     stepped: bool = False
+    stage: str = "idle"
+    batches_done: int = 0
 
     def state_dict(self) -> dict[str, int]:
         return {
@@ -184,6 +192,7 @@ class FitLoop:
         call("on_train_start", trainer=tr, module=mod)
         resume, self._resume = self._resume, None
         while resume is not None or not (self.epochs_done() or self.steps_done() or p.should_stop):
+            p.stage, p.batches_done = "epoch_start", 0
             call("on_train_epoch_start", trainer=tr, module=mod)
             ran, steps_before = 0, p.global_step
             start, ended = 0, False
@@ -194,6 +203,7 @@ class FitLoop:
                 ended = ended or last_done or p.should_stop or self.steps_done()
             for batch_idx, batch, is_last in () if ended else batches(data, num_batches, start):
                 p.batch_idx, p.is_last_batch = batch_idx, is_last
+                p.stage, p.batches_done = "batch", batch_idx
                 answers = call(
                     "on_train_batch_start", trainer=tr, module=mod, batch=batch, batch_idx=batch_idx
                 )
@@ -205,6 +215,7 @@ class FitLoop:
                     p.global_step += 1
                 p.total_batches += 1
                 ran += 1
+                p.stage, p.batches_done = "batch_end", batch_idx + 1
                 call(
                     "on_train_batch_end",
                     trainer=tr, module=mod, outputs=outputs, batch=batch, batch_idx=batch_idx,
@@ -214,6 +225,7 @@ class FitLoop:
                     validate()
                 if p.should_stop or 0 <= self.max_steps <= p.global_step:
                     break
+            p.stage = "epoch_end"
             call("on_train_epoch_end", trainer=tr, module=mod)
             p.epoch += 1
             stuck = start == 0 and p.global_step == steps_before and not p.should_stop
@@ -226,6 +238,7 @@ class FitLoop:
                     stacklevel=2,
                 )
                 break
+        p.stage = "ended"
         call("on_train_end", trainer=tr, module=mod)
 
 

@@ -10,10 +10,12 @@ A checkpoint holds only tensors, numbers, strings, ``None`` and plain containers
 stored as tensors, the version as a string), so ``torch.load(weights_only=True)`` reads any
 checkpoint loopkit writes with nothing to allow-list.
 
-Where the loop stood is tracked by receivers that run before every other one (``stage``): a
-checkpoint taken at ``on_train_batch_end``, ``on_validation_end`` or ``on_train_epoch_end`` by a
-receiver that runs after the others (:data:`SAVE_PRIORITY`, where ``ModelCheckpoint`` sits) resumes
-exactly. What "exactly" covers, and what it does not, is in ``docs/checkpoints.md``.
+Where the loop stood (``stage``) is noted by the loop itself before it fires each hook of the
+train loop (:class:`~loopkit.loop.Progress`), and for validation by receivers that run before
+every other one: a checkpoint taken at ``on_train_batch_end``, ``on_validation_end`` or
+``on_train_epoch_end`` by a receiver that runs after the others (:data:`SAVE_PRIORITY`, where
+``ModelCheckpoint`` sits) resumes exactly. What "exactly" covers, and what it does not, is in
+``docs/checkpoints.md``.
 
 This module must never import a plugin package.
 """
@@ -398,18 +400,13 @@ class Checkpointing:
 
     Created by the Trainer with its bus ready. It connects the trainer's ``ModelCheckpoint``
     callbacks after every other receiver (:data:`SAVE_PRIORITY`) and notes, before any receiver
-    runs, where the loop stands.
+    runs, that validation started or ended; the loop notes the rest (``progress.stage``).
     """
 
     def __init__(self, trainer: Trainer) -> None:
         from loopkit.callbacks import ModelCheckpoint
 
         self.trainer = trainer
-        #: Where the loop stands: idle, epoch_start, batch, batch_end, validating, validated,
-        #: epoch_end or ended.
-        self.stage = "idle"
-        #: Batches of the running epoch whose ``on_train_batch_end`` has fired.
-        self.batches_done = 0
         self.data: ResumableData | None = None
         self.step: t.Any = None
         self._pending_rng: dict[str, t.Any] | None = None
@@ -420,13 +417,8 @@ class Checkpointing:
             if isinstance(cb, ModelCheckpoint):
                 bus.disconnect(cb)
                 bus.connect(cb, priority=SAVE_PRIORITY)
-        bus.connect(self._epoch_start, "on_train_epoch_start", priority=_TRACK)
-        bus.connect(self._batch_start, "on_train_batch_start", priority=_TRACK)
-        bus.connect(self._batch_end, "on_train_batch_end", priority=_TRACK)
         bus.connect(self._validation_start, "on_validation_start", priority=_TRACK)
         bus.connect(self._validation_end, "on_validation_end", priority=_TRACK)
-        bus.connect(self._epoch_end, "on_train_epoch_end", priority=_TRACK)
-        bus.connect(self._train_end, "on_train_end", priority=_TRACK)
         bus.connect(self._close, "on_fit_end", priority=_APPLY)
         bus.connect(self._close, "on_exception", priority=_APPLY)
         bus.connect(self._apply_at_train_start, "on_train_start", priority=_APPLY)
@@ -434,14 +426,24 @@ class Checkpointing:
 
     # -- where the loop stands ------------------------------------------------------------------
 
-    def _epoch_start(self) -> None:
-        self.stage, self.batches_done = "epoch_start", 0
+    @property
+    def stage(self) -> str:
+        """Where the loop stands: idle, epoch_start, batch, batch_end, validating, validated,
+        epoch_end or ended."""
+        return self.trainer.progress.stage
 
-    def _batch_start(self, batch_idx: int) -> None:
-        self.stage, self.batches_done = "batch", batch_idx
+    @stage.setter
+    def stage(self, value: str) -> None:
+        self.trainer.progress.stage = value
 
-    def _batch_end(self, batch_idx: int) -> None:
-        self.stage, self.batches_done = "batch_end", batch_idx + 1
+    @property
+    def batches_done(self) -> int:
+        """Batches of the running epoch whose ``on_train_batch_end`` has fired."""
+        return self.trainer.progress.batches_done
+
+    @batches_done.setter
+    def batches_done(self, value: int) -> None:
+        self.trainer.progress.batches_done = value
 
     def _validation_start(self) -> None:
         if self.trainer.training:
@@ -450,12 +452,6 @@ class Checkpointing:
     def _validation_end(self) -> None:
         if self.trainer.training:
             self.stage = "validated"
-
-    def _epoch_end(self) -> None:
-        self.stage = "epoch_end"
-
-    def _train_end(self) -> None:
-        self.stage = "ended"
 
     def _close(self) -> None:
         if self.data is not None:
