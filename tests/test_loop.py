@@ -163,3 +163,27 @@ def test_limit_val_batches_and_bad_interval() -> None:
     assert seen == [0, 1] and tr.num_val_batches == [2]
     with pytest.raises(ValueError, match="more than the 2 training batches"):
         trainer(max_epochs=1, val_check_interval=5).fit(M(), data(n=16), data(n=16))
+
+
+def test_each_hook_sees_where_the_loop_stands() -> None:
+    # A checkpoint taken from a hook records progress.stage and progress.batches_done.
+    seen: list[tuple[str, str, int]] = []
+    progress = Progress()
+
+    def call(name: str, **kwargs: t.Any) -> list[tuple[object, t.Any]]:
+        seen.append((name, progress.stage, progress.batches_done))
+        return []
+
+    loop = FitLoop(call, progress, max_epochs=1)
+    loop.run(range(2), stepping(progress, []), num_batches=2)
+    assert seen == [
+        ("on_train_start", "idle", 0),
+        ("on_train_epoch_start", "epoch_start", 0),
+        ("on_train_batch_start", "batch", 0),
+        ("on_train_batch_end", "batch_end", 1),
+        ("on_train_batch_start", "batch", 1),
+        ("on_train_batch_end", "batch_end", 2),
+        ("on_train_epoch_end", "epoch_end", 2),
+        ("on_train_end", "ended", 2),
+    ]
+    assert "stage" not in progress.state_dict()
