@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections.abc as c
 import functools
+import itertools
 import math
 import os
 import typing as t
@@ -344,9 +345,19 @@ class Trainer:
     # -- fit -------------------------------------------------------------------------------
 
     def _launch(self, fn: c.Callable[..., t.Any], *args: t.Any) -> t.Any:
-        if self.fabric._launched:
-            return fn(*args)
-        return self.fabric.launch(lambda _fabric: fn(*args))
+        """Run ``fn(*args)`` (a method of this trainer) where the strategy runs training: here,
+        or in processes it starts (``ddp_spawn``), every time (a strategy that has its processes
+        already runs it here). From started processes, global rank zero's results come back:
+        ``fit`` leaves this process's module, counters, metrics and callbacks as they ended
+        there."""
+        out = self.fabric.launch(_Run(self, fn.__name__), *args)
+        if isinstance(out, _Spawned):
+            if out.state is not None:  # from _fit(module, ...)
+                module = args[0]
+                self._module, module.trainer = module, self
+                self._checkpointing.recover(module, out.state)
+            return out.value
+        return out
 
     def _attach(self, module: LoopModule) -> None:
         """Set ``module`` up with Fabric, once per trainer (which also connects its hooks)."""
@@ -619,6 +630,45 @@ class Trainer:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+class _Run:
+    """A trainer method that ``fabric.launch`` may send to processes it starts: picklable (the
+    trainer travels with it), it knows whether it runs in the process that made it."""
+
+    def __init__(self, trainer: Trainer, method: str) -> None:
+        self.trainer, self.method, self.pid = trainer, method, os.getpid()
+
+    def __call__(self, _fabric: Fabric, *args: t.Any) -> t.Any:
+        here = os.getpid() == self.pid
+        if not here:
+            for arg in args:
+                if isinstance(arg, nn.Module):
+                    _own_tensors(arg)
+        value = getattr(self.trainer, self.method)(*args)
+        if here:
+            return value
+        # Every rank builds the state (gathering a sharded module is collective); the launcher
+        # sends global rank zero's back.
+        state = self.trainer._checkpointing.for_parent() if self.method == "_fit" else None
+        return _Spawned(value, state)
+
+
+def _own_tensors(module: nn.Module) -> None:
+    """Give ``module`` tensors of this process's own. A module sent to started processes
+    arrives in shared memory (torch.multiprocessing sends CPU tensors that way), the same
+    memory in every rank: each rank's optimizer would update the others' parameters. The
+    parameter objects stay the same, so optimizers made from them still hold them."""
+    with torch.no_grad():
+        for tensor in itertools.chain(module.parameters(), module.buffers()):
+            tensor.data = tensor.data.clone()
+
+
+class _Spawned(t.NamedTuple):
+    """What a trainer method returns from a process the launch started."""
+
+    value: t.Any
+    state: dict[str, t.Any] | None
 
 
 def _as_list(value: t.Any) -> list[t.Any]:

@@ -457,6 +457,53 @@ class Checkpointing:
         if self.data is not None:
             self.data.close()
 
+    # -- back from started processes --------------------------------------------------------------
+
+    def for_parent(self) -> dict[str, t.Any]:
+        """What a process that started this run (``ddp_spawn``) gets back once ``fit`` ends: the
+        module's weights, the loop's counters, the metrics and the stateful callbacks' states
+        (a ``ModelCheckpoint``'s ``best_model_path``...), tensors on the CPU. Collective where
+        the strategy gathers the module's state: every rank calls it."""
+        trainer = self.trainer
+        p = trainer.progress
+        metrics = trainer._metrics
+        callbacks = [cb for cb in trainer.callbacks if _stateful(cb)]
+        state = {
+            "state_dict": trainer.fabric.strategy.module_state_dict(trainer.lightning_module),
+            "progress": {
+                **p.state_dict(),
+                "should_stop": p.should_stop,
+                "stage": p.stage,
+                "batches_done": p.batches_done,
+            },
+            "metrics": {
+                "callback": metrics.callback,
+                "logged": metrics.logged,
+                "pbar": metrics.pbar,
+            },
+            "callbacks": {key: cb.state_dict() for key, cb in _keyed(callbacks, _callback_key)},
+        }
+        return t.cast(dict[str, t.Any], _to_cpu(state))
+
+    def recover(self, module: torch.nn.Module, state: c.Mapping[str, t.Any]) -> None:
+        """Take what :meth:`for_parent` sent: ``module`` (this process's), the counters, metrics
+        and callbacks end as the run's rank zero ended (optimizer states stay behind, as in
+        Lightning)."""
+        trainer = self.trainer
+        _load_module(module, state["state_dict"], Path("<started processes>"))
+        p, saved = trainer.progress, state["progress"]
+        p.load_state_dict(saved)
+        p.should_stop = bool(saved["should_stop"])
+        p.stage, p.batches_done = str(saved["stage"]), int(saved["batches_done"])
+        metrics = trainer._metrics
+        metrics.callback = dict(state["metrics"]["callback"])
+        metrics.logged = dict(state["metrics"]["logged"])
+        metrics.pbar = dict(state["metrics"]["pbar"])
+        callbacks = [cb for cb in trainer.callbacks if _stateful(cb)]
+        for key, cb in _keyed(callbacks, _callback_key):
+            if key in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][key])
+
     # -- fit ------------------------------------------------------------------------------------
 
     def begin_fit(
@@ -820,6 +867,16 @@ class Checkpointing:
         if self._pending_aggregates is not None:
             self.trainer._metrics.train_aggs = self._pending_aggregates
             self._pending_aggregates = None
+
+
+def _to_cpu(obj: t.Any) -> t.Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def _load_module(module: torch.nn.Module, state: t.Any, path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import check_ok, loopkit_run, python_script
+from conftest import check_ok, load_script, loopkit_run, python_script
 from test_ddp_training import reference
 
 pytestmark = pytest.mark.distributed
@@ -24,6 +24,39 @@ def test_trainer_fit_under_ddp_matches_one_process(tmp_path: Path) -> None:
         assert r["global_step"] == 8  # 2 epochs x 32 samples / (2 ranks x 4)
         for key, value in expected.items():
             torch.testing.assert_close(r["weights"][key], value, rtol=0, atol=1e-6)
+
+
+def test_trainer_fit_under_ddp_spawn_leaves_the_trained_module_here(tmp_path: Path) -> None:
+    # Lightning's behaviour: after fit with ddp_spawn, the calling process's module holds the
+    # weights its rank zero trained, and the trainer its counters, metrics and checkpoint paths.
+    result = python_script(
+        "train_trainer", str(tmp_path), "--strategy", "ddp_spawn", "--devices", "2",
+        "--checkpoint", "--validate",
+    )  # fmt: skip
+    check_ok(result)
+    assert not (tmp_path / "rank1.pt").exists()  # only this process wrote: the spawned ranks
+    here = torch.load(tmp_path / "rank0.pt", weights_only=False)  # only ran trainer methods
+    for key, value in reference().items():
+        torch.testing.assert_close(here["weights"][key], value, rtol=0, atol=1e-6)
+    assert here["global_step"] == 8 and here["current_epoch"] == 2
+    assert set(here["callback_metrics"]) == {"train_loss"}
+    best = Path(here["best_model_path"])
+    assert best.parent.parent == tmp_path.resolve() and best.is_file()
+    saved = torch.load(best, weights_only=True)
+    assert saved["global_step"] == 8
+    # validate() starts the processes again: rank zero validates its half of the samples
+    # (0, 2, 4, ...) with the weights fit ended with, and its metrics come back.
+    x, y = load_script("train_trainer").data().tensors  # type: ignore[attr-defined]
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    net.load_state_dict(here["weights"])
+    with torch.no_grad():
+        losses = [
+            torch.nn.functional.mse_loss(net(x[i]), y[i]).item()
+            for i in torch.arange(0, len(x), 2).split(4)
+        ]
+    [validated] = here["validated"]
+    assert set(validated) == {"val_loss"}
+    assert abs(validated["val_loss"] - sum(losses) / len(losses)) < 1e-6
 
 
 def test_loopkit_run_trains_the_demo_unchanged(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Every rank writes ``rank{R}.pt`` into the output folder: its weights and the step count.
 Strategy and devices come from the arguments (``--devices 2 --strategy ddp``) or, left out,
-from ``loopkit run`` through the environment.
+from ``loopkit run`` through the environment. Under ``ddp_spawn`` only this process writes
+(``rank0.pt``): what ``fit`` left here (and, with ``--validate``, what ``validate`` returned).
 """
 
 import argparse
@@ -33,7 +34,13 @@ class Regressor(loopkit.LoopModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -44,20 +51,29 @@ def main(argv: list[str]) -> None:
     p.add_argument("out")
     p.add_argument("--strategy", default="auto")
     p.add_argument("--devices", default="auto")
+    p.add_argument("--checkpoint", action="store_true", help="a ModelCheckpoint under out/")
+    p.add_argument("--validate", action="store_true", help="trainer.validate() after fit")
     args = p.parse_args(argv)
     module = Regressor()
     trainer = loopkit.Trainer(
         accelerator="cpu", strategy=args.strategy, devices=args.devices, max_epochs=2,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
+        logger=False, enable_checkpointing=args.checkpoint, default_root_dir=args.out,
+        enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(module, DataLoader(data(), batch_size=BATCH))
     result = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
+        "pid": os.getpid(),
         "global_step": trainer.global_step,
+        "current_epoch": trainer.current_epoch,
+        "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "weights": {k.removeprefix("net."): v.clone() for k, v in module.state_dict().items()},
     }
+    if args.checkpoint:
+        result["best_model_path"] = trainer.checkpoint_callback.best_model_path
+    if args.validate:
+        result["validated"] = trainer.validate(module, DataLoader(data(), batch_size=BATCH))
     torch.save(result, os.path.join(args.out, f"rank{trainer.global_rank}.pt"))
 
 
