@@ -33,6 +33,21 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def plain_closure_loop(model: t.Any, opt: torch.optim.Optimizer, epochs: int = 1) -> None:
+    """The reference for a step with a closure: ``opt.step(closure)`` per batch of ``data()``,
+    the closure computing ``model.compute_loss``, zeroing and running backward."""
+    for _ in range(epochs):
+        for batch in data():
+
+            def closure(batch: t.Any = batch) -> torch.Tensor:
+                loss = model.compute_loss(batch)
+                opt.zero_grad()
+                loss.backward()
+                return t.cast(torch.Tensor, loss)
+
+            opt.step(closure)
+
+
 def twin(module: nn.Module) -> nn.Module:
     """An independent copy with identical weights (the plain loop's model)."""
     return copy.deepcopy(module)

@@ -6,7 +6,7 @@ import typing as t
 
 import pytest
 import torch
-from _trainer_util import Regressor, data, same_weights, trainer, twin
+from _trainer_util import Regressor, data, plain_closure_loop, same_weights, trainer, twin
 from torch import nn
 
 import loopkit
@@ -173,16 +173,7 @@ def test_lbfgs_in_automatic_optimization() -> None:
     tr = trainer(max_epochs=1)
     tr.fit(model, data())
     assert calls["n"] > tr.global_step == 6  # the closure is re-evaluated
-    opt = torch.optim.LBFGS(ref.parameters(), lr=0.5, max_iter=4)
-    for batch in data():
-
-        def closure(batch: t.Any = batch) -> torch.Tensor:
-            loss = ref.compute_loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+    plain_closure_loop(ref, torch.optim.LBFGS(ref.parameters(), lr=0.5, max_iter=4))
     assert same_weights(model, ref)
 
 

@@ -9,23 +9,10 @@ import typing as t
 
 import pytest
 import torch
-from _trainer_util import Regressor, data, same_weights, trainer, twin
+from _trainer_util import Regressor, data, plain_closure_loop, same_weights, trainer, twin
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import loopkit.automatic
-
-
-def plain_closure_loop(model: Regressor, opt: torch.optim.Optimizer, epochs: int = 1) -> None:
-    for _ in range(epochs):
-        for batch in data():
-
-            def closure(batch: t.Any = batch) -> torch.Tensor:
-                loss = model.compute_loss(batch)
-                opt.zero_grad()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
 
 
 class Recorder(Regressor):
@@ -144,25 +131,6 @@ def test_an_optimizer_subclass_that_overrides_step_gets_the_closure() -> None:
     assert same_weights(model, ref)
 
 
-def test_a_step_patched_onto_the_optimizer_gets_the_closure() -> None:
-    seen: list[object] = []
-
-    class M(Regressor):
-        def configure_optimizers(self) -> t.Any:
-            opt = torch.optim.SGD(self.parameters(), lr=0.1)
-            step = opt.step
-
-            def patched(closure: t.Any = None) -> t.Any:
-                seen.append(closure)
-                return step(closure)
-
-            opt.step = patched  # type: ignore[method-assign]
-            return opt
-
-    trainer(max_steps=3).fit(M(), data())
-    assert len(seen) == 3 and all(callable(c) for c in seen)
-
-
 def test_fit_under_no_grad_trains_as_the_closure_would() -> None:
     # torch's step evaluates the closure under enable_grad, so fit under no_grad still trains.
     torch.manual_seed(0)
@@ -222,37 +190,39 @@ def test_a_loss_dict_and_a_none_on_the_lean_path() -> None:
     assert same_weights(model, ref)
 
 
-def test_a_step_patched_onto_the_wrapper_gets_the_closure() -> None:
+
+def _patch_step(owner: t.Any, seen: list[object]) -> None:
+    step = owner.step
+
+    def patched(closure: t.Any = None, **kwargs: t.Any) -> t.Any:
+        seen.append(closure)
+        return step(closure, **kwargs)
+
+    owner.step = patched
+
+
+@pytest.mark.parametrize(
+    ("where", "when"),
+    [
+        ("optimizer", "configure_optimizers"),
+        ("optimizer", "on_train_start"),  # after the trainer chose its path for this fit
+        ("wrapper", "on_train_start"),  # the optimizer self.optimizers() returns
+    ],
+)
+def test_a_patched_step_gets_the_closure(where: str, when: str) -> None:
     seen: list[object] = []
 
-    class PatchWrapperStep:
-        def on_train_start(self, trainer: t.Any) -> None:
-            opt = trainer.optimizers[0]
-            step = opt.step
+    class M(Regressor):
+        def configure_optimizers(self) -> t.Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            if when == "configure_optimizers":
+                _patch_step(opt, seen)
+            return opt
 
-            def patched(closure: t.Any = None, **kwargs: t.Any) -> t.Any:
-                seen.append(closure)
-                return step(closure, **kwargs)
+        def on_train_start(self) -> None:
+            if when == "on_train_start":
+                opt = self.trainer.optimizers[0]
+                _patch_step(opt.optimizer if where == "optimizer" else opt, seen)
 
-            opt.step = patched
-
-    trainer(max_steps=3, callbacks=[PatchWrapperStep()]).fit(Regressor(), data())
-    assert len(seen) == 3 and all(callable(c) for c in seen)
-
-
-def test_a_step_patched_onto_the_optimizer_during_fit_gets_the_closure() -> None:
-    seen: list[object] = []
-
-    class PatchOptimizerStep:
-        def on_train_start(self, trainer: t.Any) -> None:
-            opt = trainer.optimizers[0].optimizer
-            step = opt.step
-
-            def patched(closure: t.Any = None) -> t.Any:
-                seen.append(closure)
-                return step(closure)
-
-            opt.step = patched
-
-    trainer(max_steps=3, callbacks=[PatchOptimizerStep()]).fit(Regressor(), data())
+    trainer(max_steps=3).fit(M(), data())
     assert len(seen) == 3 and all(callable(c) for c in seen)
