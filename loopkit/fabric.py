@@ -911,16 +911,34 @@ class Fabric:
 
 
 class _Launched:
-    """What ``Fabric.launch`` hands the strategy: set up this process, then run the function."""
+    """What ``Fabric.launch`` hands the strategy: set up this process, then run the function.
+
+    In a process the strategy started (``ddp_spawn``), the modules among the arguments first get
+    tensors of the process's own: torch sends CPU tensors to new processes in shared memory, the
+    same memory in every rank, and each rank's optimizer would update the others' parameters.
+    """
 
     def __init__(self, fabric: Fabric, function: c.Callable[..., t.Any] | None) -> None:
         self.fabric, self.function = fabric, function
+        self.pid = os.getpid()
 
     def __call__(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        if os.getpid() != self.pid:
+            for arg in (*args, *kwargs.values()):
+                if isinstance(arg, nn.Module):
+                    _own_tensors(arg)
         self.fabric._strategy.setup_environment()
         if self.function is None:
             return None
         return self.function(self.fabric, *args, **kwargs)
+
+
+def _own_tensors(module: nn.Module) -> None:
+    """Give ``module``'s parameters and buffers storage of their own (the same objects, so an
+    optimizer made from them still holds them)."""
+    with torch.no_grad():
+        for tensor in (*module.parameters(), *module.buffers()):
+            tensor.data = tensor.data.clone()
 
 
 # -- set-up helpers -----------------------------------------------------------------------------

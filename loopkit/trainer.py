@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections.abc as c
 import functools
-import itertools
 import math
 import os
 import typing as t
@@ -640,28 +639,14 @@ class _Run:
         self.trainer, self.method, self.pid = trainer, method, os.getpid()
 
     def __call__(self, _fabric: Fabric, *args: t.Any) -> t.Any:
-        here = os.getpid() == self.pid
-        if not here:
-            for arg in args:
-                if isinstance(arg, nn.Module):
-                    _own_tensors(arg)
+        # (In a started process, Fabric's launch gave the module tensors of its own first.)
         value = getattr(self.trainer, self.method)(*args)
-        if here:
+        if os.getpid() == self.pid:
             return value
         # Every rank builds the state (gathering a sharded module is collective); the launcher
         # sends global rank zero's back.
         state = self.trainer._checkpointing.for_parent() if self.method == "_fit" else None
         return _Spawned(value, state)
-
-
-def _own_tensors(module: nn.Module) -> None:
-    """Give ``module`` tensors of this process's own. A module sent to started processes
-    arrives in shared memory (torch.multiprocessing sends CPU tensors that way), the same
-    memory in every rank: each rank's optimizer would update the others' parameters. The
-    parameter objects stay the same, so optimizers made from them still hold them."""
-    with torch.no_grad():
-        for tensor in itertools.chain(module.parameters(), module.buffers()):
-            tensor.data = tensor.data.clone()
 
 
 class _Spawned(t.NamedTuple):

@@ -137,6 +137,17 @@ def test_ddp_self_launch_matches_one_process(tmp_path: Path) -> None:
     assert ranks[0]["pid"] != ranks[1]["pid"]
 
 
+def test_ddp_spawn_with_the_model_passed_through_launch(tmp_path: Path) -> None:
+    # torch sends the caller's model to each rank in shared memory: without copies of their
+    # own, the ranks would each apply the other's updates to one set of parameters.
+    result = python_script(
+        "train_ddp", "--out", str(tmp_path), "--strategy", "ddp_spawn", "--devices", "2",
+        "--how", "spawn", "--model-from-caller",
+    )  # fmt: skip
+    check_ok(result)
+    assert_matches_reference(results(tmp_path))
+
+
 def test_ddp_spawn_matches_one_process_and_returns_rank_zero_result(tmp_path: Path) -> None:
     result = python_script(
         "train_ddp", "--out", str(tmp_path), "--strategy", "ddp_spawn", "--devices", "2",

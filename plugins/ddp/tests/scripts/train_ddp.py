@@ -52,8 +52,10 @@ def count_allreduces(forward_module: nn.Module) -> list:
     return calls
 
 
-def train_variant(fabric: Fabric, variant: str, args: argparse.Namespace) -> dict:
-    net = model()
+def train_variant(
+    fabric: Fabric, variant: str, args: argparse.Namespace, net: nn.Module | None = None
+) -> dict:
+    net = model() if net is None else net
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     net, opt = fabric.setup(net, opt)
     loader = fabric.setup_dataloaders(DataLoader(data(), batch_size=BATCH, shuffle=False))
@@ -100,7 +102,7 @@ def samples_seen(fabric: Fabric) -> list:
     return [[int(i) for batch in loader for i in batch] for _ in range(3)]
 
 
-def train(fabric: Fabric, args: argparse.Namespace) -> dict:
+def train(fabric: Fabric, args: argparse.Namespace, net: nn.Module | None = None) -> dict:
     fabric.seed_everything(7)
     result = {
         "rank": fabric.global_rank,
@@ -110,8 +112,8 @@ def train(fabric: Fabric, args: argparse.Namespace) -> dict:
         "env_devices": os.environ.get("LOOPKIT_DEVICES"),
         "pid": os.getpid(),
     }
-    for variant in args.variants.split(","):
-        result[variant] = train_variant(fabric, variant, args)
+    for i, variant in enumerate(args.variants.split(",")):
+        result[variant] = train_variant(fabric, variant, args, net if i == 0 else None)
     if args.samples:
         result["samples"] = samples_seen(fabric)
     torch.save(result, os.path.join(args.out, f"rank{fabric.global_rank}.pt"))
@@ -129,10 +131,14 @@ def main(argv: list[str]) -> None:
     p.add_argument("--count-allreduce", action="store_true")
     p.add_argument("--fail-rank", type=int, default=1)
     p.add_argument("--fail-step", type=int, default=None)
+    p.add_argument(
+        "--model-from-caller", action="store_true",
+        help="spawn: the first variant's model is made here and passed through launch()",
+    )  # fmt: skip
     args = p.parse_args(argv)
     fabric = Fabric(accelerator="cpu", strategy=args.strategy, devices=args.devices)
     if args.how == "spawn":
-        result = fabric.launch(train, args)
+        result = fabric.launch(train, args, model() if args.model_from_caller else None)
         torch.save(result, os.path.join(args.out, "returned.pt"))
     elif args.how == "launch":
         fabric.launch()
