@@ -12,6 +12,7 @@ It must never touch the optimization (no gradients, no steps), hold a logged ten
 from __future__ import annotations
 
 import typing as t
+import warnings
 
 import torch
 
@@ -146,6 +147,7 @@ class _Metrics:
                 if not self.batch_end_connected:
                     self.batch_end_connected = True
                     self.bus.connect(self._train_batch_end, "on_train_batch_end", priority=_LAST)
+                    self._check_interval(name)
             self.callback[key] = value
             if on_epoch:
                 self.callback[name] = value
@@ -194,6 +196,20 @@ class _Metrics:
     def _train_epoch_start(self) -> None:
         self.train_aggs = {}
         self.defaults, self.epoch_end = (True, False), False
+
+    def _check_interval(self, name: str) -> None:
+        """Warn (once, on the first value logged on step) when an epoch has fewer batches than
+        ``log_every_n_steps``: such values would reach the loggers rarely or never."""
+        trainer = self.trainer
+        batches, every = trainer.num_training_batches, trainer.log_every_n_steps
+        if trainer.loggers and batches < every and trainer.is_global_zero:
+            warnings.warn(
+                f"self.log({name!r}) is written every log_every_n_steps={every} steps, but an "
+                f"epoch has {batches:g} training batches, so the loggers may see it rarely or "
+                "never; pass Trainer(log_every_n_steps=N) with a smaller N",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _train_batch_end(self) -> None:
         values = self.step_values

@@ -219,3 +219,39 @@ def test_validate_returns_what_validation_logged() -> None:
     tr = trainer(max_epochs=1)
     out = tr.validate(model, data(n=20, batch_size=8))
     assert out == [{"val_weighted": pytest.approx(0.8), "val_sum": 3.0}]
+
+
+def test_fewer_batches_than_log_every_n_steps_warns() -> None:
+    # 6 batches an epoch and the default log_every_n_steps=50: step values would never be written.
+    class Logs(Regressor):
+        def training_step(self, batch: t.Any, batch_idx: int) -> torch.Tensor:
+            loss = self.compute_loss(batch)
+            self.log("train_loss", loss)
+            return loss
+
+    with pytest.warns(UserWarning) as caught:
+        trainer(max_epochs=2, logger=ListLogger()).fit(Logs(), data())
+    [warning] = [w for w in caught if "log_every_n_steps" in str(w.message)]  # once
+    assert "self.log('train_loss') is written every log_every_n_steps=50 steps" in str(
+        warning.message
+    )
+    assert "an epoch has 6 training batches" in str(warning.message)
+    assert warning.filename == __file__  # points at the self.log call
+
+
+def test_no_log_interval_warning_when_nothing_would_be_missed() -> None:
+    import warnings
+
+    class Logs(Regressor):
+        def training_step(self, batch: t.Any, batch_idx: int) -> torch.Tensor:
+            loss = self.compute_loss(batch)
+            self.log("train_loss", loss, on_step=self.on_step, on_epoch=not self.on_step)
+            return loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Logs.on_step = True
+        trainer(max_epochs=1).fit(Logs(), data())  # no logger
+        trainer(max_epochs=1, logger=ListLogger(), log_every_n_steps=6).fit(Logs(), data())
+        Logs.on_step = False
+        trainer(max_epochs=1, logger=ListLogger()).fit(Logs(), data())  # epoch values only
