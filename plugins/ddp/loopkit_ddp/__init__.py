@@ -1,4 +1,5 @@
-"""loopkit-ddp: torch.distributed strategies for loopkit, named ``ddp``, ``ddp_spawn``, ``fsdp``.
+"""loopkit-ddp: torch.distributed strategies for loopkit, named ``ddp``, ``ddp_spawn``, ``fsdp``
+(and ``ddp_find_unused_parameters_true``).
 
 Users name them (``Fabric(strategy="ddp", devices=2)``); the registry imports the submodule
 that defines the one named. Importing this package imports neither torch.distributed nor any
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DDPStrategy": "loopkit_ddp.ddp",
+    "DDPFindUnusedStrategy": "loopkit_ddp.ddp",
     "DDPSpawnStrategy": "loopkit_ddp.ddp",
     "ParallelStrategy": "loopkit_ddp.ddp",
     "FSDPStrategy": "loopkit_ddp.fsdp",
@@ -27,6 +29,7 @@ _EXPORTS = {
 
 __all__ = [
     "ClusterEnvironment",
+    "DDPFindUnusedStrategy",
     "DDPSpawnStrategy",
     "DDPStrategy",
     "FSDPStrategy",
@@ -40,7 +43,12 @@ __all__ = [
 ]
 
 if t.TYPE_CHECKING:
-    from loopkit_ddp.ddp import DDPSpawnStrategy, DDPStrategy, ParallelStrategy
+    from loopkit_ddp.ddp import (
+        DDPFindUnusedStrategy,
+        DDPSpawnStrategy,
+        DDPStrategy,
+        ParallelStrategy,
+    )
     from loopkit_ddp.environments import (
         ClusterEnvironment,
         LocalEnvironment,

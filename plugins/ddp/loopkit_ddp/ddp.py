@@ -34,7 +34,7 @@ if t.TYPE_CHECKING:
     from loopkit.accelerator import Accelerator
     from loopkit.precision import Precision
 
-__all__ = ["DDPSpawnStrategy", "DDPStrategy", "ParallelStrategy"]
+__all__ = ["DDPFindUnusedStrategy", "DDPSpawnStrategy", "DDPStrategy", "ParallelStrategy"]
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM"}
 #: torch's own default for gloo and nccl process groups.
@@ -309,6 +309,7 @@ class DDPStrategy(ParallelStrategy):
     ) -> None:
         super().__init__(process_group_backend, timeout, cluster_environment)
         self.ddp_kwargs = ddp_kwargs
+        self._forward_depths: dict[int, _ForwardDepth] = {}
 
     def _start_processes(self) -> None:
         env = self.cluster_environment
@@ -331,7 +332,32 @@ class DDPStrategy(ParallelStrategy):
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+        ddp = DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+        depth = _ForwardDepth()
+        ddp.register_forward_pre_hook(depth.enter)
+        ddp.register_forward_hook(depth.leave, always_call=True)
+        self._forward_depths[id(ddp)] = depth
+        return ddp
+
+    def backward(
+        self, loss: torch.Tensor, module: torch.nn.Module | None, *args: t.Any, **kwargs: t.Any
+    ) -> None:
+        """Backward; inside the module's own forward, the reducer is prepared first.
+
+        ``DistributedDataParallel`` prepares its reducer for a backward when its forward
+        returns. The Trainer's manual optimization runs ``training_step`` as that forward and
+        calls backward inside it, before the forward returned: there, this prepares the reducer
+        itself (so the gradients are averaged), and has the buckets rebuilt at once after the
+        first such backward (a rebuild at the next forward would meet the reducer that forward's
+        end prepared for a backward that never comes).
+        """
+        depth = self._forward_depths.get(id(module)) if module is not None else None
+        inside = depth is not None and depth.value > 0
+        if inside:
+            _prepare_reducer(t.cast(t.Any, module), loss)
+        super().backward(loss, module, *args, **kwargs)
+        if inside and torch.is_grad_enabled():
+            t.cast(t.Any, module).reducer._rebuild_buckets()
 
     def no_backward_sync(
         self, module: torch.nn.Module, enabled: bool = True
@@ -342,6 +368,39 @@ class DDPStrategy(ParallelStrategy):
         if enabled and isinstance(module, DistributedDataParallel):
             return module.no_sync()
         return contextlib.nullcontext()
+
+
+class DDPFindUnusedStrategy(DDPStrategy):
+    """``"ddp_find_unused_parameters_true"`` (Lightning's name): ``ddp`` with
+    ``find_unused_parameters=True``, for steps whose backward leaves some parameters without a
+    gradient (a GAN's manual steps, a frozen branch)."""
+
+    def __init__(self, *args: t.Any, **ddp_kwargs: t.Any) -> None:
+        ddp_kwargs.setdefault("find_unused_parameters", True)
+        super().__init__(*args, **ddp_kwargs)
+
+
+class _ForwardDepth:
+    """How many calls of one ``DistributedDataParallel`` module's forward are running."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def enter(self, *_: t.Any) -> None:
+        self.value += 1
+
+    def leave(self, *_: t.Any) -> None:
+        self.value -= 1
+
+
+def _prepare_reducer(ddp: t.Any, loss: torch.Tensor) -> None:
+    """What ``DistributedDataParallel``'s forward does for the backward to come, for a backward
+    run before that forward returned (gradients stay local under ``no_sync()``)."""
+    if not (torch.is_grad_enabled() and ddp.require_backward_grad_sync):
+        return
+    ddp.require_forward_param_sync = True
+    outputs = [loss] if ddp.find_unused_parameters and not ddp.static_graph else []
+    ddp.reducer.prepare_for_backward(outputs)
 
 
 class DDPSpawnStrategy(DDPStrategy):

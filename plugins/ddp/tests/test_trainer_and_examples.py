@@ -26,6 +26,51 @@ def test_trainer_fit_under_ddp_matches_one_process(tmp_path: Path) -> None:
             torch.testing.assert_close(r["weights"][key], value, rtol=0, atol=1e-6)
 
 
+def test_manual_optimization_under_ddp_matches_one_process(tmp_path: Path) -> None:
+    # training_step runs as DDP's forward and calls backward inside it: the gradients must be
+    # averaged all the same (the automatic run's weights, to float rounding).
+    check_ok(python_script("train_trainer", str(tmp_path), "--strategy", "ddp", "--devices", "2",
+                           "--module", "manual"))  # fmt: skip
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for r in ranks:
+        assert r["global_step"] == 8
+        for key, value in reference().items():
+            torch.testing.assert_close(r["weights"][key], value, rtol=0, atol=1e-6)
+
+
+def two_step_reference() -> dict[str, torch.Tensor]:
+    """TwoStepRegressor's steps in one process, on global batches of 8 (2 ranks x 4)."""
+    script = load_script("train_trainer")
+    x, y = script.data().tensors  # type: ignore[attr-defined]
+    net = script.Regressor().net  # type: ignore[attr-defined]
+    first = torch.optim.SGD(net[0].parameters(), lr=0.1)
+    last = torch.optim.SGD(net[2].parameters(), lr=0.1)
+    for _ in range(2):
+        for start in range(0, len(x), 8):
+            xb, yb = x[start : start + 8], y[start : start + 8]
+            hidden = net[1](net[0](xb))
+            first.zero_grad()
+            hidden.pow(2).mean().backward()
+            first.step()
+            last.zero_grad()
+            torch.nn.functional.mse_loss(net[2](hidden.detach()), yb).backward()
+            last.step()
+    return net.state_dict()
+
+
+def test_two_backwards_in_one_manual_step_under_ddp(tmp_path: Path) -> None:
+    # Each backward leaves the other optimizer's parameters unused: the strategy name
+    # Lightning uses for that case turns on DDP's unused-parameter detection.
+    check_ok(python_script(
+        "train_trainer", str(tmp_path), "--strategy", "ddp_find_unused_parameters_true",
+        "--devices", "2", "--module", "two-step",
+    ))  # fmt: skip
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for r in ranks:
+        for key, value in two_step_reference().items():
+            torch.testing.assert_close(r["weights"][key], value, rtol=0, atol=1e-6)
+
+
 def test_trainer_fit_under_ddp_spawn_leaves_the_trained_module_here(tmp_path: Path) -> None:
     # Lightning's behaviour: after fit with ddp_spawn, the calling process's module holds the
     # weights its rank zero trained, and the trainer its counters, metrics and checkpoint paths.

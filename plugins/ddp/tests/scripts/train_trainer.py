@@ -46,6 +46,51 @@ class Regressor(loopkit.LoopModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class ManualRegressor(Regressor):
+    """The same steps, taken by hand (manual optimization)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt = self.optimizers()
+        loss = nn.functional.mse_loss(self.net(x), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        self.log("train_loss", loss)
+
+
+class TwoStepRegressor(ManualRegressor):
+    """Manual optimization with two optimizers, each stepping on its own layer's loss, so each
+    backward leaves the other optimizer's parameters without a gradient (needs
+    ``find_unused_parameters=True`` under DDP), and two backwards run in one training_step."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        first, last = self.optimizers()
+        hidden = self.net[1](self.net[0](x))
+        loss_first = hidden.pow(2).mean()
+        first.zero_grad()
+        self.manual_backward(loss_first)
+        first.step()
+        loss_last = nn.functional.mse_loss(self.net[2](hidden.detach()), y)
+        last.zero_grad()
+        self.manual_backward(loss_last)
+        last.step()
+
+    def configure_optimizers(self):
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.1),
+            torch.optim.SGD(self.net[2].parameters(), lr=0.1),
+        ]
+
+
+MODULES = {"auto": Regressor, "manual": ManualRegressor, "two-step": TwoStepRegressor}
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -53,8 +98,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--devices", default="auto")
     p.add_argument("--checkpoint", action="store_true", help="a ModelCheckpoint under out/")
     p.add_argument("--validate", action="store_true", help="trainer.validate() after fit")
+    p.add_argument("--module", choices=sorted(MODULES), default="auto")
     args = p.parse_args(argv)
-    module = Regressor()
+    module = MODULES[args.module]()
     trainer = loopkit.Trainer(
         accelerator="cpu", strategy=args.strategy, devices=args.devices, max_epochs=2,
         logger=False, enable_checkpointing=args.checkpoint, default_root_dir=args.out,
