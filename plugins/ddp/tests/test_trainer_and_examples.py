@@ -26,15 +26,18 @@ def test_trainer_fit_under_ddp_matches_one_process(tmp_path: Path) -> None:
             torch.testing.assert_close(r["weights"][key], value, rtol=0, atol=1e-6)
 
 
-def test_manual_optimization_under_ddp_matches_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("module", "accumulate"), [("manual", 1), ("accumulate", 2)])
+def test_manual_optimization_under_ddp_matches_one_process(
+    tmp_path: Path, module: str, accumulate: int
+) -> None:
     # training_step runs as DDP's forward and calls backward inside it: the gradients must be
-    # averaged all the same (the automatic run's weights, to float rounding).
+    # averaged all the same, and stay local under no_backward_sync until the window's last.
     check_ok(python_script("train_trainer", str(tmp_path), "--strategy", "ddp", "--devices", "2",
-                           "--module", "manual"))  # fmt: skip
+                           "--module", module))  # fmt: skip
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for r in ranks:
-        assert r["global_step"] == 8
-        for key, value in reference().items():
+        assert r["global_step"] == 8 // accumulate
+        for key, value in reference(accumulate=accumulate).items():
             torch.testing.assert_close(r["weights"][key], value, rtol=0, atol=1e-6)
 
 

@@ -88,7 +88,27 @@ class TwoStepRegressor(ManualRegressor):
         ]
 
 
-MODULES = {"auto": Regressor, "manual": ManualRegressor, "two-step": TwoStepRegressor}
+class AccumulatingRegressor(ManualRegressor):
+    """Manual optimization accumulating 2 batches per step, the first without gradient sync."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt = self.optimizers()
+        last = (batch_idx + 1) % 2 == 0
+        fabric = self.trainer.fabric
+        with fabric.no_backward_sync(self.trainer.model, enabled=not last):
+            self.manual_backward(nn.functional.mse_loss(self.net(x), y) / 2)
+        if last:
+            opt.step()
+            opt.zero_grad()
+
+
+MODULES = {
+    "auto": Regressor,
+    "manual": ManualRegressor,
+    "two-step": TwoStepRegressor,
+    "accumulate": AccumulatingRegressor,
+}
 
 
 def main(argv: list[str]) -> None:
