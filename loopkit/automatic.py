@@ -169,31 +169,17 @@ class _AutomaticStep:
         ):
             return self._simple_with_closure(batch, batch_idx)
         # What opt.step(closure=...) does for this optimizer, without its closure machinery:
-        # the closure's work (training_step, zero_grad, backward), then the step. The same calls
-        # in the same order, and the same hooks: Fabric's step fires on_before_optimizer_step
-        # after the backward either way.
-        if self.direct and not self.fabric._forward_active:
-            out = self.training_step(batch, batch_idx)
-        else:
-            out = self.redirect(batch, batch_idx)
-        if (
-            type(out) is torch.Tensor
-            and out.requires_grad
-            and out.numel() == 1
-            and math.isfinite(out.item())
-        ):
-            opt.zero_grad()
-            self.fabric.backward(out, model=self.wrapped)
-            self.progress.stepped = True
-            opt.step()
-            return {"loss": out.detach()}
+        # the closure (training_step, zero_grad, backward), then the step. The same calls in the
+        # same order, and the same hooks: Fabric's step fires on_before_optimizer_step after the
+        # backward either way.
+        self.output = None
         try:
-            self._forward_backward(batch, batch_idx, 0, opt, True, True, True, out)
+            self._closure(batch, batch_idx)
         except _SkipBatch:
-            return None
-        finally:
             self.output = None
+            return None
         opt.step()
+        out, self.output = self.output, None  # the graph is not kept until the next batch
         return _batch_output(out)
 
     def _simple_with_closure(self, batch: t.Any, batch_idx: int) -> t.Any:
@@ -408,8 +394,8 @@ def _evaluates_closure_first(opt: LoopOptimizer) -> bool:
     if patched is not None and not getattr(patched, "_wrapped_by_lr_sched", False):
         return False
     owner = next((k for k in type(inner).__mro__ if "step" in k.__dict__), None)
-    known = {getattr(torch.optim, name, None) for name in _CLOSURE_FIRST}
-    return owner is not None and owner in known and owner.__module__.startswith("torch.optim")
+    known = {getattr(torch.optim, name, None) for name in _CLOSURE_FIRST} - {None}
+    return owner in known
 
 
 def _finite(loss: torch.Tensor) -> bool:

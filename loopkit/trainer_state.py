@@ -35,6 +35,7 @@ import torch
 from loopkit import __version__
 from loopkit.checkpoint import CheckpointError, UnsafeCheckpointError, verify
 from loopkit.plugins import Plugin
+from loopkit.strategy import move_to_device
 from loopkit.wrappers import FabricDataLoader, unwrap
 
 if t.TYPE_CHECKING:
@@ -483,7 +484,7 @@ class Checkpointing:
             },
             "callbacks": {key: cb.state_dict() for key, cb in _keyed(callbacks, _callback_key)},
         }
-        return t.cast(dict[str, t.Any], _to_cpu(state))
+        return t.cast(dict[str, t.Any], move_to_device(state, torch.device("cpu")))
 
     def recover(self, module: torch.nn.Module, state: c.Mapping[str, t.Any]) -> None:
         """Take what :meth:`for_parent` sent: ``module`` (this process's), the counters, metrics
@@ -867,16 +868,6 @@ class Checkpointing:
         if self._pending_aggregates is not None:
             self.trainer._metrics.train_aggs = self._pending_aggregates
             self._pending_aggregates = None
-
-
-def _to_cpu(obj: t.Any) -> t.Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def _load_module(module: torch.nn.Module, state: t.Any, path: Path) -> None:
